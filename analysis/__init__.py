@@ -1,0 +1,1 @@
+"""Reading MLflow into pandas and regenerating the report figures (see issue: analysis)."""

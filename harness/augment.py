@@ -1,0 +1,64 @@
+"""Batched augmentation on the training device: flips and translations of uint8 images.
+
+Pad-and-random-crop (He et al.'s "4 pixels padded on each side, 32x32 crop") is the same
+thing as translating each image by a random (dy, dx) in [-pad, pad]^2 with zero fill,
+which is how it is done here: one gather for the whole batch, no padding copy.
+"""
+
+import torch
+
+from harness.errors import ConfigError
+
+MODES = ("zero", "circular")
+
+
+def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, mode: str = "zero") -> torch.Tensor:
+    """Shift image i of x (N, C, H, W) down by dy[i] and right by dx[i] pixels.
+
+    mode "zero": content leaving the frame is lost and the uncovered border is 0;
+    mode "circular": content wraps around (torch.roll per image).
+    """
+    n, _, h, w = x.shape
+    rows = torch.arange(h, device=x.device)[None, :] - dy[:, None]  # source row per output row
+    cols = torch.arange(w, device=x.device)[None, :] - dx[:, None]
+    if mode == "circular":
+        rows, cols = rows % h, cols % w
+    elif mode != "zero":
+        raise ConfigError(f"shift mode {mode!r} is not one of {', '.join(MODES)}")
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    out = x[batch, channel, rows.clamp(0, h - 1)[:, None, :, None], cols.clamp(0, w - 1)[:, None, None, :]]
+    if mode == "zero":
+        inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+        out = out * inside[:, None].to(out.dtype)
+    return out
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def random_translate(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Pad-and-random-crop: a uniform random shift in [-pad, pad] on each axis, zero fill."""
+    dy, dx = torch.randint(-pad, pad + 1, (2, x.shape[0]), device=x.device, generator=generator)
+    return translate(x, dy, dx, "zero")
+
+
+class Augment:
+    """The `augment` config group as a function of (uint8 batch, generator)."""
+
+    def __init__(self, cfg_augment):
+        self.flip = bool(cfg_augment.flip)
+        self.crop = bool(cfg_augment.crop)
+        self.pad = cfg_augment.pad
+        if self.crop and (not isinstance(self.pad, int) or self.pad < 1):
+            raise ConfigError(f"augment.pad={self.pad!r} must be a positive number of pixels")
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.crop:
+            x = random_translate(x, self.pad, generator)
+        if self.flip:
+            x = random_flip(x, generator)
+        return x

@@ -1,0 +1,53 @@
+"""Datasets on the device: shuffled, augmented, normalised batches with no per-sample Python.
+
+The uint8 images live on the training device; each batch is indexed, augmented, converted
+to float and normalised there. Batch order and augmentation draw from one generator on that
+device, seeded from trainer.seed, so a run is reproducible.
+"""
+
+import torch
+
+from harness.errors import ConfigError
+
+
+class Normalise:
+    """uint8 images to float, minus the training mean, over the training std, per channel."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, device, memory_format=torch.contiguous_format):
+        self.scale = (1 / (255 * std)).view(1, -1, 1, 1).to(device)
+        self.shift = (-mean / std).view(1, -1, 1, 1).to(device)
+        self.memory_format = memory_format
+
+    def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        x = torch.addcmul(self.shift, x_uint8.float(), self.scale)
+        return x.contiguous(memory_format=self.memory_format)
+
+
+class TrainBatches:
+    """One epoch = a random permutation cut into full batches (the remainder is dropped,
+    so every step has the same shape)."""
+
+    def __init__(self, x, y, batch_size, augment, normalise, device, seed):
+        if len(x) < batch_size:
+            raise ConfigError(f"trainer.batch_size={batch_size} is larger than the {len(x)} training images")
+        self.x = x.to(device)
+        self.y = y.to(device)
+        self.batch_size = batch_size
+        self.augment = augment
+        self.normalise = normalise
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.x) // self.batch_size
+
+    def epoch(self):
+        order = torch.randperm(len(self.x), device=self.x.device, generator=self.generator)
+        for i in range(len(self)):
+            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.normalise(self.augment(self.x[index], self.generator)), self.y[index]
+
+
+def eval_batches(x, y, batch_size):
+    """Consecutive slices of a (device) dataset, the last one possibly short."""
+    for start in range(0, len(x), batch_size):
+        yield x[start:start + batch_size], y[start:start + batch_size]

@@ -1,0 +1,118 @@
+"""Images in class folders: `root/train/<class>/*.png|jpg` and `root/test/<class>/...`.
+
+Decoding thousands of small files takes longer than training on them, so the decoded
+uint8 arrays are cached (one .npz per root, rebuilt when the folder's files change).
+"""
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp"}
+
+
+def load_imagefolder(cfg_data):
+    if not cfg_data.root:
+        raise ConfigError("data.root is not set: data=imagefolder needs data.root=DIR holding train/<class>/ and test/<class>/")
+    root = Path(cfg_data.root).expanduser().resolve()
+    files = {split: _list_split(root, split) for split in ("train", "test")}
+    classes = sorted(files["train"])
+    unknown = sorted(set(files["test"]) - set(classes))
+    if unknown:
+        raise DataError(f"{root}/test has classes not in {root}/train: {', '.join(unknown)}")
+    cache = Path(cfg_data.cache_dir) / f"imagefolder-{_key(root)}.npz"
+    fingerprint = _fingerprint(files)
+    arrays = _read_cache(cache, fingerprint)
+    if arrays is None:
+        arrays = {}
+        for split in ("train", "test"):
+            arrays[f"{split}_x"], arrays[f"{split}_y"] = _decode(files[split], classes)
+        _write_cache(cache, fingerprint, arrays)
+    if arrays["train_x"].shape[1:] != arrays["test_x"].shape[1:]:
+        raise DataError(f"{root}: train images are {arrays['train_x'].shape[1:]} but test images {arrays['test_x'].shape[1:]}")
+    return (torch.from_numpy(arrays["train_x"]), torch.from_numpy(arrays["train_y"]),
+            torch.from_numpy(arrays["test_x"]), torch.from_numpy(arrays["test_y"]), classes)
+
+
+def _list_split(root: Path, split: str) -> dict:
+    folder = root / split
+    if not folder.is_dir():
+        raise DataError(f"data.root={root} has no {split}/ folder: expected {split}/<class>/*.png|jpg")
+    files = {}
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        images = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in EXTENSIONS)
+        if images:
+            files[class_dir.name] = images
+    if not files:
+        raise DataError(f"{folder} has no <class>/ folders with .png or .jpg images")
+    return files
+
+
+def _decode(files: dict, classes: list):
+    from PIL import Image
+
+    images, labels, size = [], [], None
+    for label, name in enumerate(classes):
+        for path in files.get(name, []):
+            try:
+                with Image.open(path) as im:
+                    array = np.asarray(im.convert("RGB"))
+            except OSError as e:
+                raise DataError(f"cannot decode image {path}: {e}") from None
+            if size is None:
+                size = array.shape
+            elif array.shape != size:
+                raise DataError(f"{path} is {array.shape[1]}x{array.shape[0]}, but other images are {size[1]}x{size[0]}: resize them to one size")
+            images.append(array)
+            labels.append(label)
+    x = np.stack(images).transpose(0, 3, 1, 2).copy()  # (N, H, W, C) -> (N, C, H, W)
+    return x, np.asarray(labels, dtype=np.int64)
+
+
+def _key(root: Path) -> str:
+    return hashlib.sha1(str(root).encode()).hexdigest()[:12]
+
+
+def _fingerprint(files: dict) -> str:
+    """Changes when any image is added, removed, renamed, resized on disk or touched."""
+    digest = hashlib.sha1()
+    for split in sorted(files):
+        for name in sorted(files[split]):
+            for path in files[split][name]:
+                stat = path.stat()
+                digest.update(f"{split}/{name}/{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _read_cache(cache: Path, fingerprint: str):
+    if not cache.is_file():
+        return None
+    try:
+        with np.load(cache) as data:
+            if str(data["fingerprint"]) != fingerprint:
+                return None
+            return {k: data[k] for k in ("train_x", "train_y", "test_x", "test_y")}
+    except (OSError, ValueError, KeyError):
+        return None  # unreadable cache: decode again
+
+
+def _write_cache(cache: Path, fingerprint: str, arrays: dict) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=cache.name + ".", suffix=".tmp", dir=cache.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, fingerprint=np.asarray(fingerprint), **arrays)
+        os.replace(tmp, cache)
+        log.info("cached decoded images in %s", cache)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,173 @@
+"""The CIFAR ResNet family of He et al. 2016, section 4.2, and its plain twin.
+
+depth = 6n + 2: a 3x3 conv stem with 16 filters, three stages of n basic blocks
+(two 3x3 convs each) at 16/32/64 filters (times `width`), stride-2 downsampling at
+the first block of stages 2 and 3, global average pooling and a linear classifier.
+
+`residual=False` keeps every layer and drops the shortcut, so a plain net and a
+residual net of the same depth (shortcut A) have identical parameter counts.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.errors import ConfigError
+
+SHORTCUTS = ("A", "B")
+INITS = ("kaiming", "fixup")
+
+
+def check_depth(depth) -> int:
+    """Blocks per stage for a valid depth; a ConfigError naming the value otherwise."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ConfigError(
+            f"model.depth={depth!r} is not a CIFAR ResNet depth: use 6n+2 with n >= 1 "
+            "(8, 14, 20, 32, 44, 56, 110, ...)"
+        )
+    return (depth - 2) // 6
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A: subsample spatially, zero-pad the new channels. No parameters."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.extra = out_planes - in_planes
+
+    def forward(self, x):
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+
+
+class BasicBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN, plus the shortcut when `residual`, then ReLU.
+
+    With fixup=True the block carries Fixup's scalar biases and multiplier
+    (Zhang, Dauphin & Ma 2019, section 3), which stand in for BatchNorm's affine terms.
+    """
+
+    def __init__(self, in_planes, planes, stride, *, residual, batchnorm, shortcut, fixup):
+        super().__init__()
+        self.residual = residual
+        self.fixup = fixup
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=not batchnorm)
+        self.bn1 = nn.BatchNorm2d(planes) if batchnorm else nn.Identity()
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=not batchnorm)
+        self.bn2 = nn.BatchNorm2d(planes) if batchnorm else nn.Identity()
+        self.shortcut = nn.Identity()
+        if residual and (stride != 1 or in_planes != planes):
+            if shortcut == "A":
+                self.shortcut = ZeroPadShortcut(in_planes, planes, stride)
+            else:
+                layers = [nn.Conv2d(in_planes, planes, 1, stride, bias=not batchnorm)]
+                self.shortcut = nn.Sequential(*layers, nn.BatchNorm2d(planes) if batchnorm else nn.Identity())
+        if fixup:
+            self.bias1a, self.bias1b, self.bias2a, self.bias2b = (
+                nn.Parameter(torch.zeros(1)) for _ in range(4)
+            )
+            self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        if self.fixup:
+            out = F.relu(self.bn1(self.conv1(x + self.bias1a)) + self.bias1b)
+            out = self.bn2(self.conv2(out + self.bias2a)) * self.scale + self.bias2b
+            return F.relu(out + self.shortcut(x + self.bias1a))
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            out = out + self.shortcut(x)
+        return F.relu(out)
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth=20, residual=True, batchnorm=True, width=1.0, shortcut="A",
+                 init="kaiming", num_classes=10, in_channels=3):
+        super().__init__()
+        blocks_per_stage = check_depth(depth)
+        if shortcut not in SHORTCUTS:
+            raise ConfigError(f"model.shortcut={shortcut!r} is not one of {', '.join(SHORTCUTS)}")
+        if init not in INITS:
+            raise ConfigError(f"model.init={init!r} is not one of {', '.join(INITS)}")
+        if init == "fixup" and not residual:
+            raise ConfigError("model.init=fixup needs model.residual=true (it zero-inits residual branches)")
+        if not width or width <= 0:
+            raise ConfigError(f"model.width={width!r} must be a positive number")
+        fixup = init == "fixup"
+        planes = [max(1, round(16 * width * 2**i)) for i in range(3)]
+
+        self.stem = nn.Conv2d(in_channels, planes[0], 3, 1, 1, bias=not batchnorm)
+        self.stem_bn = nn.BatchNorm2d(planes[0]) if batchnorm else nn.Identity()
+        stages = []
+        in_planes = planes[0]
+        for stage, out_planes in enumerate(planes):
+            blocks = []
+            for b in range(blocks_per_stage):
+                stride = 2 if stage > 0 and b == 0 else 1
+                blocks.append(BasicBlock(in_planes, out_planes, stride, residual=residual,
+                                         batchnorm=batchnorm, shortcut=shortcut, fixup=fixup))
+                in_planes = out_planes
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(in_planes, num_classes)
+        if fixup:
+            self.stem_bias = nn.Parameter(torch.zeros(1))
+            self.fc_bias = nn.Parameter(torch.zeros(1))
+        self.fixup = fixup
+        self._init_weights(num_branches=3 * blocks_per_stage)
+
+    def _init_weights(self, num_branches):
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                # He et al. 2015 "fan_out" init, as in the paper's CIFAR experiments
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if self.fixup:
+            # Fixup rule: scale the branch's first conv by L^(-1/(2m-2)) with m=2 layers per
+            # branch, zero its last conv and the classifier, so each branch starts as identity.
+            for block in self.blocks():
+                block.conv1.weight.data.mul_(num_branches ** -0.5)
+                nn.init.zeros_(block.conv2.weight)
+            nn.init.zeros_(self.fc.weight)
+            nn.init.zeros_(self.fc.bias)
+
+    def blocks(self):
+        return [block for stage in self.stages for block in stage]
+
+    def forward(self, x):
+        x = F.relu(self.stem_bn(self.stem(x)))
+        if self.fixup:
+            x = x + self.stem_bias
+        x = self.stages(x)
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        if self.fixup:
+            x = x + self.fc_bias
+        return self.fc(x)
+
+
+def build_model(cfg_model, num_classes: int, in_channels: int = 3) -> CifarResNet:
+    """The model described by the `model` config group."""
+    return CifarResNet(
+        depth=cfg_model.depth,
+        residual=bool(cfg_model.residual),
+        batchnorm=bool(cfg_model.batchnorm),
+        width=float(cfg_model.width),
+        shortcut=str(cfg_model.shortcut),
+        init=str(cfg_model.init),
+        num_classes=num_classes,
+        in_channels=in_channels,
+    )
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_convs(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules())
+
