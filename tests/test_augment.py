@@ -1,0 +1,74 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from harness.augment import Augment, random_flip, translate
+from harness.batches import Normalise, TrainBatches
+
+
+def images(n=6, c=3, h=7, w=9):
+    return torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8)
+
+
+def test_circular_translate_equals_torch_roll_per_image():
+    x = images()
+    dy, dx = torch.tensor([0, 1, -2, 3, 7, -9]), torch.tensor([0, -1, 4, 2, -9, 9])
+    out = translate(x, dy, dx, "circular")
+    for i in range(len(x)):
+        assert torch.equal(out[i], torch.roll(x[i], (int(dy[i]), int(dx[i])), dims=(1, 2)))
+
+
+def test_zero_translate_equals_pad_then_crop():
+    x, pad = images(), 4
+    dy, dx = torch.tensor([0, 4, -4, 2, -1, 3]), torch.tensor([0, -4, 4, -3, 1, 0])
+    out = translate(x, dy, dx, "zero")
+    padded = F.pad(x, (pad, pad, pad, pad))
+    for i in range(len(x)):
+        top, left = pad - int(dy[i]), pad - int(dx[i])  # the crop window that shifts content by (dy, dx)
+        assert torch.equal(out[i], padded[i, :, top:top + 7, left:left + 9])
+
+
+def test_random_flip_mirrors_about_half_and_is_seeded():
+    x = images(n=400)
+    out = random_flip(x, torch.Generator().manual_seed(0))
+    flipped = torch.tensor([torch.equal(o, i.flip(2)) and not torch.equal(o, i) for o, i in zip(out, x)])
+    kept = torch.tensor([torch.equal(o, i) for o, i in zip(out, x)])
+    assert (flipped | kept).all() and 150 < flipped.sum() < 250
+    assert torch.equal(out, random_flip(x, torch.Generator().manual_seed(0)))
+
+
+def test_crop_shifts_stay_within_pad():
+    # a single bright pixel in the middle moves by at most pad in each direction
+    x = torch.zeros(500, 1, 15, 15, dtype=torch.uint8)
+    x[:, :, 7, 7] = 255
+    aug = Augment(OmegaConf.create({"flip": False, "crop": True, "pad": 3}))
+    out = aug(x, torch.Generator().manual_seed(1))
+    pos = out.view(500, -1).argmax(1)
+    dy, dx = pos // 15 - 7, pos % 15 - 7
+    assert dy.abs().max() == 3 and dx.abs().max() == 3
+    assert len(set(zip(dy.tolist(), dx.tolist()))) == 49  # every shift in [-3, 3]^2 occurs
+
+
+def test_train_batches_are_reproducible_and_normalised():
+    x, y = images(n=64, h=8, w=8), torch.arange(64) % 4
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    aug = Augment(OmegaConf.create({"flip": True, "crop": True, "pad": 2}))
+
+    def first_epoch():
+        batches = TrainBatches(x, y, 16, aug, Normalise(mean, std, "cpu"), "cpu", seed=3)
+        return list(batches.epoch())
+
+    a, b = first_epoch(), first_epoch()
+    assert len(a) == 4
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    none = Augment(OmegaConf.create({"flip": False, "crop": False, "pad": 4}))
+    xb, yb = next(TrainBatches(x, y, 64, none, Normalise(mean, std, "cpu"), "cpu", seed=0).epoch())
+    expected = (x.float() / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    # the batch is a permutation of all 64 normalised images
+    assert torch.allclose(torch.sort(xb.flatten(1).sum(1)).values, torch.sort(expected.flatten(1).sum(1)).values, atol=1e-4)
+
+
+def test_bad_pad_is_rejected():
+    with pytest.raises(Exception, match="augment.pad=0"):
+        Augment(OmegaConf.create({"flip": False, "crop": True, "pad": 0}))

@@ -1,0 +1,127 @@
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from harness.data import channel_stats, hold_out, load_dataset
+from harness.errors import ConfigError, DataError
+
+from conftest import SHARED_DATA
+
+
+def synthetic_cfg(**overrides):
+    cfg = dict(name="synthetic", num_classes=8, image_size=32, train_size=512, test_size=128,
+               val_size=64, seed=0, split_seed=0)
+    return OmegaConf.create({**cfg, **overrides})
+
+
+def test_synthetic_is_deterministic_balanced_and_split():
+    a, b = load_dataset(synthetic_cfg()), load_dataset(synthetic_cfg())
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
+    assert not torch.equal(a.train_x, load_dataset(synthetic_cfg(seed=1)).train_x)
+    assert (len(a.train_x), len(a.val_x), len(a.test_x)) == (448, 64, 128)
+    counts = torch.bincount(torch.cat([a.train_y, a.val_y]), minlength=8)
+    assert counts.tolist() == [64] * 8
+    assert a.classes[:2] == ["square", "disc"] and a.train_x.dtype == torch.uint8
+
+
+def test_synthetic_shapes_sit_at_varying_positions():
+    splits = load_dataset(synthetic_cfg())
+    # the centre of mass of the foreground varies: foreground differs from the background
+    # colour (the mean of a corner patch) by at least 0.35 * 255 in each channel, noise by ~15
+    x = splits.train_x.float()
+    background = x[:, :, :2, :2].mean((2, 3), keepdim=True)
+    foreground = (x - background).abs().sum(1) > 150
+    ys = (foreground.float() * torch.arange(32.0)[None, :, None]).sum((1, 2)) / foreground.sum((1, 2))
+    assert ys.std() > 3
+
+
+def test_hold_out_is_disjoint_and_complete():
+    x = torch.arange(100).view(100, 1, 1, 1).to(torch.uint8)
+    y = torch.arange(100)
+    tx, ty, vx, vy = hold_out(x, y, 10, seed=0)
+    assert len(vx) == 10 and len(tx) == 90
+    assert sorted(ty.tolist() + vy.tolist()) == list(range(100))
+    assert len(hold_out(x, y, 0.25, seed=0)[2]) == 25
+    assert torch.equal(hold_out(x, y, 10, seed=0)[3], vy)
+    for bad in (100, -1, 1.5, "ten"):
+        with pytest.raises(ConfigError, match="data.val_size"):
+            hold_out(x, y, bad, seed=0)
+
+
+def test_channel_stats_match_numpy():
+    x = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
+    mean, std = channel_stats(x, chunk=7)
+    ref = x.numpy().astype(np.float64) / 255
+    assert np.allclose(mean.numpy(), ref.mean(axis=(0, 2, 3)), atol=1e-6)
+    assert np.allclose(std.numpy(), ref.std(axis=(0, 2, 3)), atol=1e-6)
+
+
+def write_image_folder(root: Path, per_class=4, size=8):
+    rng = np.random.default_rng(0)
+    written = {}
+    for split in ("train", "test"):
+        for c, name in enumerate(["cat", "dog", "emu"]):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+                written[(split, name, i)] = pixels
+    return written
+
+
+def folder_cfg(root, cache_dir, **overrides):
+    return OmegaConf.create({"name": "imagefolder", "root": str(root), "val_size": 0, "split_seed": 0,
+                             "cache_dir": str(cache_dir), **overrides})
+
+
+def test_imagefolder_decodes_pngs_and_caches(tmp_path):
+    written = write_image_folder(tmp_path / "images")
+    cfg = folder_cfg(tmp_path / "images", tmp_path / "cache")
+    splits = load_dataset(cfg)
+    assert splits.classes == ["cat", "dog", "emu"]
+    assert splits.train_x.shape == (12, 3, 8, 8) and splits.test_x.shape == (12, 3, 8, 8)
+    # test images keep file order: class dog (label 1), image 2 is test index 4 + 2
+    assert splits.test_y[6].item() == 1
+    assert np.array_equal(splits.test_x[6].permute(1, 2, 0).numpy(), written[("test", "dog", 2)])
+    caches = list((tmp_path / "cache").glob("*.npz"))
+    assert len(caches) == 1
+    before = caches[0].stat().st_mtime_ns
+    load_dataset(cfg)
+    assert caches[0].stat().st_mtime_ns == before  # second load read the cache
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images/train/cat/9.png")
+    assert len(load_dataset(cfg).train_x) == 13  # a new file invalidates the cache
+
+
+def test_imagefolder_errors_name_the_problem(tmp_path):
+    write_image_folder(tmp_path / "images")
+    Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(tmp_path / "images/train/cat/odd.png")
+    with pytest.raises(DataError, match="odd.png is 9x9"):
+        load_dataset(folder_cfg(tmp_path / "images", tmp_path / "cache"))
+    with pytest.raises(DataError, match="no train/ folder"):
+        load_dataset(folder_cfg(tmp_path / "missing", tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="data.root"):
+        load_dataset(folder_cfg("", tmp_path / "cache"))
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg.tar.gz").is_file(), reason="../shared/data not present")
+def test_imagefolder_reads_the_shared_cifar10_jpeg_copy(tmp_path):
+    # a slice of the real archive: the first 20 images of each class in both splits
+    names = subprocess.run(["tar", "-tzf", str(SHARED_DATA / "cifar10-jpeg.tar.gz")],
+                           capture_output=True, text=True, check=True).stdout.split()
+    images = [n for n in names if n.endswith(".jpg")]
+    by_folder = {}
+    for name in images:
+        by_folder.setdefault(str(Path(name).parent), []).append(name)
+    chosen = [n for folder in by_folder.values() for n in sorted(folder)[:20]]
+    subprocess.run(["tar", "-xzf", str(SHARED_DATA / "cifar10-jpeg.tar.gz"), "-C", str(tmp_path), *chosen], check=True)
+    root = tmp_path / Path(chosen[0]).parents[2]
+    splits = load_dataset(folder_cfg(root, tmp_path / "cache"))
+    assert splits.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert splits.train_x.shape == (200, 3, 32, 32) and splits.test_x.shape == (200, 3, 32, 32)
+    assert 0.3 < splits.mean.mean().item() < 0.7  # natural images, not blank
