@@ -25,7 +25,7 @@ from harness.data import load_dataset
 from harness.errors import ConfigError, HarnessError
 from harness.models import build_model, count_parameters
 from harness.optim import build_optimizer, build_scheduler
-from harness.tracking import JobRun, device_name, open_experiment
+from harness.tracking import JobRun, device_name, open_experiment, write_outcome
 from harness.train import Setup, train
 
 log = logging.getLogger("harness")
@@ -90,7 +90,16 @@ def check_group_choices(args: list, conf_dir: Path) -> None:
 
 
 def run_job(cfg, job: JobInfo) -> str:
-    """Run one job; return its outcome ("finished", "diverged", "failed")."""
+    """Run one job; return its outcome ("finished", "diverged", "failed"), also written to its folder."""
+    outcome = "failed"
+    try:
+        outcome = _run_job(cfg, job)
+        return outcome
+    finally:
+        write_outcome(job.output_dir, outcome)
+
+
+def _run_job(cfg, job: JobInfo) -> str:
     run = None
     try:
         client, experiment_id = open_experiment(cfg.tracking.uri, cfg.tracking.experiment)

@@ -6,6 +6,8 @@ MLFLOW_RUN_ID from the environment, which would pour every job into one run.
 """
 
 import atexit
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -31,6 +33,8 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 log = logging.getLogger(__name__)
+logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial MLflow database tables..."
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 PARENT_FILE = "mlflow_parent_run.json"  # in the sweep folder: how jobs find their parent run
 BATCH_LIMIT = 1000  # metrics per MlflowClient.log_batch call (the REST API's limit)
@@ -64,16 +68,20 @@ def open_experiment(uri: str, name: str):
             f"tracking.uri={uri!r} is not supported: use sqlite:////abs/path/mlflow.db or http://HOST:PORT "
             "(MLflow >= 3.13 refuses the ./mlruns file store)"
         )
-    client = MlflowClient(tracking_uri=uri)
+    # processes opening a fresh SQLite file at once race on its schema migration, which
+    # MlflowClient runs as soon as it is made
+    lock = _file_lock(db.with_name(db.name + ".lock")) if artifact_location else contextlib.nullcontext()
     try:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            try:
-                return client, client.create_experiment(name, artifact_location=artifact_location)
-            except MlflowException:  # another process created it first
-                experiment = client.get_experiment_by_name(name)
-                if experiment is None:
-                    raise
+        with lock:
+            client = MlflowClient(tracking_uri=uri)
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                try:
+                    return client, client.create_experiment(name, artifact_location=artifact_location)
+                except MlflowException:  # a server's other client created it first
+                    experiment = client.get_experiment_by_name(name)
+                    if experiment is None:
+                        raise
     except MlflowException as e:
         raise TrackingError(f"cannot use MLflow store {uri}: {str(e).splitlines()[0]}") from None
     if experiment.lifecycle_stage != "active":
@@ -82,6 +90,16 @@ def open_experiment(uri: str, name: str):
             f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or choose another name"
         )
     return client, experiment.experiment_id
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _check_server(uri: str) -> None:
@@ -168,21 +186,37 @@ class Sweep:
         return cls(client, experiment_id, run.info.run_id, folder)
 
     def end(self, completed: bool) -> int:
-        """End the parent run; return how many jobs failed. Safe to call twice."""
+        """End the parent run; return how many jobs failed. Safe to call twice.
+
+        Outcomes are read from the jobs' own folders rather than from MLflow, so a job that
+        failed before it could create its run, or never finished, still counts.
+        """
         if self.ended:
             return 0
         self.ended = True
-        children = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.run_id}'", max_results=50000)
-        failed = sum(r.info.status == "FAILED" for r in children)
-        diverged = sum(r.data.tags.get("diverged") == "true" for r in children)
-        for key, value in {"jobs": len(children), "jobs_failed": failed, "jobs_diverged": diverged}.items():
-            self.client.set_tag(self.run_id, key, str(value))
+        outcomes = [read_outcome(folder.parent) for folder in sorted(self.folder.glob("*/.hydra"))]
+        failed = sum(o not in ("finished", "diverged") for o in outcomes)
+        diverged = outcomes.count("diverged")
+        self.client.log_batch(self.run_id, tags=[RunTag("jobs", str(len(outcomes))),
+                                                 RunTag("jobs_failed", str(failed)),
+                                                 RunTag("jobs_diverged", str(diverged))])
         status = "FINISHED" if completed and not failed else "FAILED"
         self.client.set_terminated(self.run_id, status)
-        summary = f"sweep {self.folder.relative_to(self.folder.parents[1])}: {len(children)} jobs, {failed} failed, {diverged} diverged"
+        summary = f"sweep {self.folder.relative_to(self.folder.parents[1])}: {len(outcomes)} jobs, {failed} failed, {diverged} diverged"
         (log.warning if failed or not completed else log.info)(summary)
         return failed
+
+
+OUTCOME_FILE = "outcome.txt"  # in each job's folder: finished, diverged or failed
+
+
+def write_outcome(job_dir: Path, outcome: str) -> None:
+    _write_atomically(job_dir / OUTCOME_FILE, outcome)
+
+
+def read_outcome(job_dir: Path) -> str:
+    path = job_dir / OUTCOME_FILE
+    return path.read_text().strip() if path.is_file() else "unknown"
 
 
 def read_parent(sweep_dir: Path) -> dict:
@@ -237,6 +271,7 @@ class JobRun:
             all_tags.update({"mlflow.parentRunId": parent["run_id"], "sweep_id": parent["sweep_id"],
                              "job_num": str(job.num)})
         all_tags["mlflow.runName"] = name[:250]
+        all_tags = {key: str(value) for key, value in all_tags.items()}  # the REST API takes strings only
         run = client.create_run(experiment_id, tags=all_tags, run_name=all_tags["mlflow.runName"])
         job_run = cls(client, run.info.run_id)
         job_run.log_params(flatten(cfg))

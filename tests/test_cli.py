@@ -1,0 +1,178 @@
+"""The real CLI in a subprocess against a real (temporary) SQLite MLflow store."""
+
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from mlflow.artifacts import download_artifacts
+from omegaconf import OmegaConf
+
+from harness.data import load_dataset
+from harness.models import CifarResNet
+
+from conftest import PROJECT_ROOT, all_runs, run_cli
+
+SMOKE = ["data=synthetic", "trainer=smoke"]
+
+
+def children_of(runs, parent):
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+
+def test_depth_sweep_logs_one_parent_and_its_jobs(runs_dir):
+    uri = f"sqlite:///{runs_dir}/mlflow.db"
+    result = run_cli("-m", "model.depth=8,20", *SMOKE, runs_dir=runs_dir)
+    assert result.returncode == 0, result.stderr
+    assert "View run" not in result.stdout
+
+    client, runs = all_runs(uri)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["jobs"] == "2"
+    jobs = sorted(children_of(runs, parent), key=lambda r: int(r.data.params["model.depth"]))
+    assert len(runs) == 3 and [r.data.params["model.depth"] for r in jobs] == ["8", "20"]
+
+    for num, run in enumerate(jobs):
+        params, tags = run.data.params, run.data.tags
+        assert run.info.status == "FINISHED"
+        assert params["data.name"] == "synthetic" and params["optim.name"] == "momentum"
+        assert tags["sweep_id"] == parent.data.tags["sweep_id"] and tags["job_num"] == str(num)
+        assert f"model.depth={params['model.depth']}" in tags["overrides"]
+        for key in ("git_commit", "host", "device", "torch_version"):
+            assert tags[key]
+        assert tags["diverged"] == "false"
+
+        steps, log_every = int(params["trainer.steps"]), int(params["trainer.log_every"])
+        expected_train_steps = list(range(log_every, steps + 1, log_every))
+        if steps % log_every:
+            expected_train_steps.append(steps)
+        for key in ("train/loss", "train/acc", "lr"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert [m.step for m in history] == expected_train_steps, key
+        for key in ("val/loss", "val/acc", "test/loss", "test/acc", "perf/images_per_sec", "perf/epoch_time_s"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [steps], key
+
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config_resolved.yaml", "hydra", "harness.log", "model"} <= artifacts
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "hydra")} >= {
+            "hydra/config.yaml", "hydra/hydra.yaml", "hydra/overrides.yaml"}
+        # artifacts sit beside the database, not under the working directory
+        assert run.info.artifact_uri.startswith((runs_dir / "artifacts").as_uri())
+    assert not (PROJECT_ROOT / "mlruns").exists()
+
+    check_test_accuracy_independently(uri, jobs[0])
+
+
+def check_test_accuracy_independently(uri, run):
+    """Recompute test loss and accuracy from the logged weights with a plain loop."""
+    config = OmegaConf.create(yaml.safe_load(open(download_artifacts(
+        run_id=run.info.run_id, artifact_path="config_resolved.yaml", tracking_uri=uri))))
+    weights = torch.load(download_artifacts(run_id=run.info.run_id, artifact_path="model/model_weights.pt",
+                                            tracking_uri=uri))
+    splits = load_dataset(config.data)
+    train = splits.train_x.numpy().astype(np.float64) / 255
+    mean, std = train.mean(axis=(0, 2, 3)), train.std(axis=(0, 2, 3))
+    x = (splits.test_x.numpy() / 255 - mean[None, :, None, None]) / std[None, :, None, None]
+    model = CifarResNet(int(config.model.depth), num_classes=splits.num_classes)
+    model.load_state_dict(weights)
+    with torch.no_grad():
+        logits = model.eval()(torch.tensor(x, dtype=torch.float32))
+    accuracy = (logits.argmax(1) == splits.test_y).double().mean().item()
+    loss = F.cross_entropy(logits, splits.test_y).item()
+    assert run.data.metrics["test/acc"] == pytest.approx(accuracy, abs=1e-6)
+    assert run.data.metrics["test/loss"] == pytest.approx(loss, rel=1e-4)
+
+
+@pytest.mark.parametrize("args, named", [
+    (["model.depth=21"], "model.depth=21"),
+    (["optim=foo"], "optim=foo"),
+    (["optim.name=foo"], "optim.name='foo'"),
+    (["optim.lr=-1"], "optim.lr=-1"),
+    (["data=cifar10", "data.download=false", "data.root=/nonexistent/cifar"], "/nonexistent/cifar"),
+    (["data=imagefolder", "data.root=/nonexistent/images"], "/nonexistent/images"),
+])
+def test_bad_input_is_one_line_and_writes_no_run(runs_dir, args, named):
+    uri = f"sqlite:///{runs_dir}/mlflow.db"
+    result = run_cli(*SMOKE, *args, runs_dir=runs_dir, timeout=120)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and named in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    _, runs = all_runs(uri) if (runs_dir / "mlflow.db").exists() else (None, [])
+    assert runs == []
+
+
+def test_failed_and_diverged_jobs_do_not_stop_the_sweep(runs_dir):
+    uri = f"sqlite:///{runs_dir}/mlflow.db"
+    result = run_cli("-m", "model.depth=8,21", "optim.lr=0.05,1e12", "optim=sgd", "model.batchnorm=false",
+                     *SMOKE, runs_dir=runs_dir)
+    assert result.returncode == 1  # failures are reported by the exit status
+    assert "4 jobs, 2 failed, 1 diverged" in result.stdout + result.stderr
+
+    _, runs = all_runs(uri)
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["jobs_failed"] == "2" and parent.data.tags["jobs_diverged"] == "1"
+    jobs = {(r.data.params["model.depth"], r.data.params["optim.lr"]): r for r in children_of(runs, parent)}
+    assert len(jobs) == 4
+    for lr in ("0.05", "1000000000000.0"):
+        failed = jobs[("21", lr)]
+        assert failed.info.status == "FAILED" and "model.depth=21" in failed.data.tags["error"]
+    healthy, diverged = jobs[("8", "0.05")], jobs[("8", "1000000000000.0")]
+    assert healthy.info.status == "FINISHED" and healthy.data.tags["diverged"] == "false"
+    assert diverged.info.status == "FINISHED" and diverged.data.tags["diverged"] == "true"
+    assert not math.isfinite(diverged.data.metrics["train/loss"])
+    assert "test/acc" in healthy.data.metrics and "test/acc" not in diverged.data.metrics
+    assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_interrupted_sweep_leaves_no_run_running(runs_dir):
+    uri = f"sqlite:///{runs_dir}/mlflow.db"
+    command = [sys.executable, "-m", "harness", "-m", "model.depth=8,14", *SMOKE, "trainer.steps=100000",
+               f"paths.runs={runs_dir}", f"tracking.uri={uri}"]
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait until the first job is training
+            # the parent-run file appears once the store is migrated: reading earlier would race
+            if list(runs_dir.glob("multirun/*/*/mlflow_parent_run.json")) and len(all_runs(uri)[1]) == 2:
+                break
+            time.sleep(0.5)
+        time.sleep(2)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    _, runs = all_runs(uri)
+    assert len(runs) == 2  # the sweep stopped: the second job never started
+    statuses = {r.data.tags.get("kind", "job"): r.info.status for r in runs}
+    assert statuses == {"sweep": "FAILED", "job": "KILLED"}
+
+
+def test_hydra_cli_basics():
+    def harness(*args):
+        return subprocess.run([sys.executable, "-m", "harness", *args], cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=60)
+
+    help_text = harness("--help").stdout
+    assert "optim: adam, adamw, momentum, nesterov, rmsprop, sgd" in help_text
+    job = yaml.safe_load(harness("--cfg", "job", "model.depth=56", "optim=adam").stdout)
+    assert job["model"]["depth"] == 56 and job["optim"]["name"] == "adam"
+    assert "Hydra" in harness("--info").stdout
+
+
+def test_two_sweeps_started_together_get_separate_folders():
+    command = [sys.executable, "-m", "harness", "--cfg", "all", "--resolve"]
+    processes = [subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    dirs = [yaml.safe_load(p.communicate(timeout=60)[0])["hydra"]["sweep"]["dir"] for p in processes]
+    assert dirs[0] != dirs[1]
+    assert all(d.startswith(str(PROJECT_ROOT / "runs" / "multirun")) for d in dirs)

@@ -1,0 +1,132 @@
+"""Tracking against real stores: a temporary SQLite file, and a real `mlflow server` on
+127.0.0.1 whose REST API (what the MLflow UI reads) must show the sweep."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from harness.tracking import JobRun, MetricBuffer, open_experiment
+
+from conftest import PROJECT_ROOT, run_cli
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    command = [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+               "--artifacts-destination", str(tmp_path / "server-artifacts")]
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    pytest.fail("mlflow server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+        log.close()
+
+
+def rest(url, endpoint, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{url}/api/2.0/mlflow/{endpoint}", data=data,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def test_sweep_through_a_real_mlflow_server(tmp_path, mlflow_server):
+    result = run_cli("-m", "model.depth=8,14", "data=synthetic", "trainer=smoke", runs_dir=tmp_path / "runs",
+                     uri=mlflow_server)
+    assert result.returncode == 0, result.stderr
+    experiment = rest(mlflow_server, "experiments/get-by-name?experiment_name=harness")["experiment"]
+    runs = rest(mlflow_server, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    parents = [r for r, t in zip(runs, tags) if t.get("kind") == "sweep"]
+    assert len(parents) == 1 and parents[0]["info"]["status"] == "FINISHED"
+    parent_id = parents[0]["info"]["run_id"]
+    children = rest(mlflow_server, "runs/search", {
+        "experiment_ids": [experiment["experiment_id"]],
+        "filter": f"tags.`mlflow.parentRunId` = '{parent_id}'"})["runs"]
+    depths = sorted(int({p["key"]: p["value"] for p in r["data"]["params"]}["model.depth"]) for r in children)
+    assert depths == [8, 14]
+    for run in children:
+        assert run["info"]["status"] == "FINISHED"
+        metrics = {m["key"] for m in run["data"]["metrics"]}
+        assert {"train/loss", "val/acc", "test/acc", "lr"} <= metrics
+        listed = rest(mlflow_server, f"artifacts/list?run_id={run['info']['run_id']}")
+        assert {"config_resolved.yaml", "model", "harness.log"} <= {f["path"] for f in listed["files"]}
+    assert list((tmp_path / "server-artifacts").rglob("model_weights.pt"))  # uploaded through the server
+
+
+def test_fresh_sqlite_store_opened_by_many_processes_at_once(tmp_path):
+    uri = f"sqlite:///{tmp_path}/fresh.db"
+    code = f"from harness.tracking import open_experiment; print(open_experiment({uri!r}, 'race')[1])"
+    processes = [subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=120) for p in processes]
+    assert all(p.returncode == 0 for p in processes), [err[-500:] for _, err in outputs]
+    assert len({out.strip() for out, _ in outputs}) == 1  # all found the same experiment
+
+
+class FakeJob:  # only the folder layout of a Hydra job; the store is real
+    def __init__(self, folder):
+        self.output_dir, self.log_file, self.sweep_dir, self.num, self.overrides = folder, folder / "x.log", None, 0, []
+
+
+def test_failed_job_records_error_traceback_and_status(tmp_path):
+    client, experiment_id = open_experiment(f"sqlite:///{tmp_path}/t.db", "failures")
+    cfg = OmegaConf.create({"paths": {"root": str(PROJECT_ROOT)}, "model": {"depth": 8}})
+    run = JobRun.create(client, experiment_id, cfg, FakeJob(tmp_path), {})
+    run.metrics.add(1, {"train/loss": torch.tensor(2.5)})
+    try:
+        raise RuntimeError("CUDA out of memory (simulated)\nsecond line")
+    except RuntimeError as e:
+        run.fail(e, FakeJob(tmp_path))
+    stored = client.get_run(run.run_id)
+    assert stored.info.status == "FAILED"
+    assert stored.data.tags["error"] == "RuntimeError: CUDA out of memory (simulated)"
+    assert stored.data.params["model.depth"] == "8"
+    assert stored.data.metrics["train/loss"] == 2.5  # pending metrics were not lost
+    trace = Path(client.download_artifacts(run.run_id, "traceback.txt", str(tmp_path / "dl"))).read_text()
+    assert "Traceback" in trace and "second line" in trace
+
+
+def test_metric_buffer_sends_everything_in_batches(tmp_path):
+    client, experiment_id = open_experiment(f"sqlite:///{tmp_path}/m.db", "metrics")
+    run_id = client.create_run(experiment_id).info.run_id
+    buffer = MetricBuffer(client, run_id)
+    for step in range(1, 1301):  # 2,600 points: three log_batch calls
+        buffer.add(step, {"a": torch.tensor(float(step)), "b": step / 2})
+    flushed = buffer.flush()
+    assert len(flushed) == 2600 and buffer.pending == []
+    history = client.get_metric_history(run_id, "a")
+    assert [m.step for m in history] == list(range(1, 1301))
+    assert [m.value for m in history] == [float(s) for s in range(1, 1301)]
+    assert client.get_metric_history(run_id, "b")[-1].value == 650.0
