@@ -5,6 +5,8 @@ device tensors handed to the metric buffer, which reads them all at once at the 
 epoch (the flush point, where evaluation syncs anyway). Divergence is detected there too.
 """
 
+import functools
+import itertools
 import logging
 import math
 import sys
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 
 from harness.batches import Normalise, TrainBatches, eval_batches
 from harness.data import Splits
+from harness.probes import Probes
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ class Setup:
     normalise: Normalise
     device: torch.device
     precision: str  # "fp32" or "bf16"
+    probes: Probes
 
 
 @dataclass
@@ -82,74 +86,101 @@ class Progress:
             sys.stderr.flush()
 
 
+class TrainWindow:
+    """Training loss and accuracy summed on the device over the steps since the last log point."""
+
+    def __init__(self, device):
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.int64)
+        self.steps = self.images = 0
+
+    def add(self, loss, logits, y):
+        self.loss += loss.detach()
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.steps += 1
+        self.images += len(y)
+
+    def take(self) -> dict:
+        """The window's means (device tensors), then start a new window."""
+        means = {"train/loss": self.loss / self.steps, "train/acc": self.correct.float() / self.images}
+        self.__init__(self.loss.device)
+        return means
+
+
 def train(setup: Setup, cfg_trainer, metrics) -> Outcome:
     """Train for the configured steps; log to `metrics` (a tracking.MetricBuffer)."""
-    model, optimizer, scheduler, batches = setup.model, setup.optimizer, setup.scheduler, setup.batches
-    splits, normalise, device, precision = setup.splits, setup.normalise, setup.device, setup.precision
+    model, optimizer, scheduler, batches, probes = setup.model, setup.optimizer, setup.scheduler, setup.batches, setup.probes
+    device, normalise, eval_batch = setup.device, setup.normalise, cfg_trainer.eval_batch_size
+    mixed = functools.partial(autocast, device, setup.precision)
     steps_per_epoch = len(batches)
     total_steps = cfg_trainer.steps or cfg_trainer.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
-    eval_interval = cfg_trainer.eval_every * steps_per_epoch
-    val_x, val_y = splits.val_x.to(device), splits.val_y.to(device)
-    progress = Progress()
+    val_x, val_y = setup.splits.val_x.to(device), setup.splits.val_y.to(device)
+    progress, window = Progress(), TrainWindow(device)
     log.info("training %d steps (%d epochs of %d steps, batch %d) on %s, %s",
-             total_steps, epochs, steps_per_epoch, batches.batch_size, device, precision)
+             total_steps, epochs, steps_per_epoch, batches.batch_size, device, setup.precision)
 
     step, final = 0, {}
-    window_loss = torch.zeros((), device=device)
-    window_correct = torch.zeros((), device=device, dtype=torch.int64)
-    window_count = 0
     model.train()
     for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        epoch_start_step = step
-        for x, y in batches.epoch():
+        start, epoch_start_step = time.perf_counter(), step
+        epoch_steps = min(steps_per_epoch, total_steps - epoch_start_step)
+        for x, y in itertools.islice(batches.epoch(), epoch_steps):
             lr = scheduler.get_last_lr()[0]
-            with autocast(device, precision):
+            with mixed():
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            metrics.add(step, probes.after_backward(step, functools.partial(_batch_loss, model, x, y, mixed), lr))
             optimizer.step()
+            metrics.add(step, probes.after_step(step))
             scheduler.step()
             step += 1
-
-            window_loss += loss.detach()
-            window_correct += (logits.detach().argmax(1) == y).sum()
-            window_count += 1
-            if step % cfg_trainer.log_every == 0 or step == total_steps:
-                metrics.add(step, {"train/loss": window_loss / window_count,
-                                   "train/acc": window_correct.float() / (window_count * len(y)), "lr": lr})
-                window_loss, window_correct, window_count = torch.zeros_like(window_loss), torch.zeros_like(window_correct), 0
-                progress.update(epoch, epochs, step - epoch_start_step, steps_per_epoch)
-            if step == total_steps:
-                break
+            window.add(loss, logits, y)
+            if step % cfg_trainer.log_every == 0:
+                metrics.add(step, {**window.take(), "lr": lr})
+                progress.update(epoch, epochs, step - epoch_start_step, epoch_steps)
+        if window.steps:  # every epoch ends with a log point
+            metrics.add(step, {**window.take(), "lr": lr})
 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
-        images = (step - epoch_start_step) * batches.batch_size
-        metrics.add(step, {"perf/epoch_time_s": seconds, "perf/images_per_sec": images / seconds, "epoch": epoch})
-        if step % eval_interval == 0 or step == total_steps:
-            val_loss, val_acc = evaluate(model, val_x, val_y, normalise, cfg_trainer.eval_batch_size, device, precision)
+        images_per_sec = epoch_steps * batches.batch_size / seconds
+        metrics.add(step, {"perf/epoch_time_s": seconds, "perf/images_per_sec": images_per_sec, "epoch": epoch})
+        if epoch % cfg_trainer.eval_every == 0 or step == total_steps:
+            val_loss, val_acc = evaluate(model, val_x, val_y, normalise, eval_batch, device, setup.precision)
             metrics.add(step, {"val/loss": val_loss, "val/acc": val_acc})
+            metrics.add(step, probes.evaluate("val", step, val_x, val_y, normalise, eval_batch, mixed))
         progress.clear()
-        for key, value, _ in metrics.flush():
-            final[key] = value
-        log.info("epoch %d/%d step %d: %s", epoch, epochs, step, _summary(final, images / seconds))
+        final.update((key, value) for key, value, _ in metrics.flush())
+        log.info("epoch %d/%d step %d: %s", epoch, epochs, step, _summary(final, images_per_sec))
         if not math.isfinite(final["train/loss"]):
             log.warning("training loss is %s at step %d: the run diverged, stopping", final["train/loss"], step)
             return Outcome("diverged", step, final)
-        if step == total_steps:
-            break
 
-    test_loss, test_acc = evaluate(model, splits.test_x.to(device), splits.test_y.to(device), normalise,
-                                   cfg_trainer.eval_batch_size, device, precision)
-    metrics.add(step, {"test/loss": test_loss, "test/acc": test_acc})
-    for key, value, _ in metrics.flush():
-        final[key] = value
+    final.update(final_test(setup, step, eval_batch, metrics))
     log.info("test: loss %.4f, accuracy %.4f", final["test/loss"], final["test/acc"])
     return Outcome("finished", step, final)
+
+
+def final_test(setup: Setup, step: int, eval_batch: int, metrics) -> dict:
+    """The final evaluation on the test set (used for nothing else), with its shift scores."""
+    device, probes = setup.device, setup.probes
+    x, y = setup.splits.test_x.to(device), setup.splits.test_y.to(device)
+    loss, accuracy = evaluate(setup.model, x, y, setup.normalise, eval_batch, device, setup.precision)
+    metrics.add(step, {"test/loss": loss, "test/acc": accuracy})
+    mixed = functools.partial(autocast, device, setup.precision)
+    metrics.add(step, probes.evaluate("test", step, x, y, setup.normalise, eval_batch, mixed))
+    for shift_step, curve_point in probes.shift_curve_metrics():
+        metrics.add(shift_step, curve_point)
+    return {key: value for key, value, _ in metrics.flush()}
+
+
+def _batch_loss(model, x, y, mixed):
+    with mixed():
+        return F.cross_entropy(model(x).float(), y)
 
 
 def _summary(final: dict, images_per_sec: float) -> str:
