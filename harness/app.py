@@ -25,6 +25,8 @@ from harness.data import load_dataset
 from harness.errors import ConfigError, HarnessError
 from harness.models import build_model, count_parameters
 from harness.optim import build_optimizer, build_scheduler
+from harness.probes import Probes
+from harness.probes import check_config as check_probes
 from harness.tracking import JobRun, device_name, open_experiment, write_outcome
 from harness.train import Setup, train
 
@@ -63,7 +65,8 @@ def main() -> None:
     try:
         check_group_choices(sys.argv[1:], PROJECT_ROOT / "conf")
     except ConfigError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     hydra_main()
 
 
@@ -112,7 +115,10 @@ def _run_job(cfg, job: JobInfo) -> str:
         run = JobRun.create(client, experiment_id, cfg, job, {
             "device": device_name(setup.device), "precision": setup.precision,
             "num_parameters": count_parameters(setup.model)})
+        run.log_text(setup.probes.layer_table(), "layers.csv")
         outcome = train(setup, cfg.trainer, run.metrics)
+        if shift_table := setup.probes.shift_table():
+            run.log_text(shift_table, "shift_accuracy.csv")
         run.log_artifacts(job, cfg, setup.model)
         run.finish(outcome.status)
         return outcome.status
@@ -149,6 +155,7 @@ def build(cfg) -> Setup:
     # check the cheap parts on a throwaway model before any download or decoding
     build_scheduler(build_optimizer(build_model(cfg.model, num_classes=2), cfg.optim), 1, cfg.schedule)
     augment = Augment(cfg.augment)
+    check_probes(cfg.probes)
 
     torch.manual_seed(cfg.trainer.seed)
     splits = load_dataset(cfg.data)
@@ -159,7 +166,7 @@ def build(cfg) -> Setup:
                            normalise, device, cfg.trainer.seed)
     total_steps = cfg.trainer.steps or cfg.trainer.epochs * len(batches)
     scheduler = build_scheduler(optimizer, total_steps, cfg.schedule)
-    return Setup(model, optimizer, scheduler, batches, splits, normalise, device, precision)
+    return Setup(model, optimizer, scheduler, batches, splits, normalise, device, precision, Probes(cfg.probes, model))
 
 
 def resolve_device(name: str) -> torch.device:

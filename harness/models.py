@@ -139,6 +139,22 @@ class CifarResNet(nn.Module):
     def blocks(self):
         return [block for stage in self.stages for block in stage]
 
+    def layers(self):
+        """[(name, module)] for every layer with weights, in forward order.
+
+        Names say where a layer sits: "stem.conv", "stage2.block1.conv2", "stage3.block1.shortcut.bn", "fc".
+        """
+        found = [("stem.conv", self.stem), ("stem.bn", self.stem_bn)]
+        for s, stage in enumerate(self.stages, 1):
+            for b, block in enumerate(stage, 1):
+                prefix = f"stage{s}.block{b}"
+                found += [(f"{prefix}.conv1", block.conv1), (f"{prefix}.bn1", block.bn1),
+                          (f"{prefix}.conv2", block.conv2), (f"{prefix}.bn2", block.bn2)]
+                if isinstance(block.shortcut, nn.Sequential):  # option B projection
+                    found += [(f"{prefix}.shortcut.conv", block.shortcut[0]), (f"{prefix}.shortcut.bn", block.shortcut[1])]
+        found.append(("fc", self.fc))
+        return [(name, m) for name, m in found if any(True for _ in m.parameters(recurse=False))]
+
     def forward(self, x):
         x = F.relu(self.stem_bn(self.stem(x)))
         if self.fixup:

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
@@ -163,18 +164,17 @@ def _error_line(error: BaseException) -> str:
 class Sweep:
     """The parent run of a multirun sweep: created before any job, ended exactly once."""
 
-    def __init__(self, client, experiment_id, run_id, folder: Path):
-        self.client, self.experiment_id, self.run_id, self.folder = client, experiment_id, run_id, folder
+    def __init__(self, client, run_id, folder: Path, sweep_id: str):
+        self.client, self.run_id, self.folder, self.sweep_id = client, run_id, folder, sweep_id
         self.ended = False
 
     @classmethod
     def start(cls, config) -> "Sweep":
         folder = Path(config.hydra.sweep.dir)
-        sweep_id = folder.relative_to(Path(config.paths.runs) / "multirun").as_posix() \
-            if folder.is_relative_to(Path(config.paths.runs) / "multirun") else folder.name
+        sweep_id = f"{folder.parent.name}/{folder.name}"  # <date>/<time>-<random>
         client, experiment_id = open_experiment(config.tracking.uri, config.tracking.experiment)
         overrides = list(config.hydra.overrides.task)
-        swept = [o.split("=", 1)[0] for o in overrides if "," in o.split("=", 1)[-1]]
+        swept = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
         tags = {"mlflow.runName": f"sweep {sweep_id}", "sweep_id": sweep_id, "kind": "sweep",
                 "overrides": " ".join(overrides), "swept": " ".join(swept), "host": socket.gethostname(),
                 **git_state(Path(config.paths.root))}
@@ -183,7 +183,7 @@ class Sweep:
         info = {"run_id": run.info.run_id, "experiment_id": experiment_id, "sweep_id": sweep_id, "swept": swept}
         _write_atomically(folder / PARENT_FILE, json.dumps(info))
         log.info("sweep %s: MLflow parent run %s in %s", sweep_id, run.info.run_id, config.tracking.uri)
-        return cls(client, experiment_id, run.info.run_id, folder)
+        return cls(client, run.info.run_id, folder, sweep_id)
 
     def end(self, completed: bool) -> int:
         """End the parent run; return how many jobs failed. Safe to call twice.
@@ -202,7 +202,7 @@ class Sweep:
                                                  RunTag("jobs_diverged", str(diverged))])
         status = "FINISHED" if completed and not failed else "FAILED"
         self.client.set_terminated(self.run_id, status)
-        summary = f"sweep {self.folder.relative_to(self.folder.parents[1])}: {len(outcomes)} jobs, {failed} failed, {diverged} diverged"
+        summary = f"sweep {self.sweep_id}: {len(outcomes)} jobs, {failed} failed, {diverged} diverged"
         (log.warning if failed or not completed else log.info)(summary)
         return failed
 
@@ -284,6 +284,9 @@ class JobRun:
 
     def set_tags(self, tags: dict) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
 
     def log_artifacts(self, job, cfg, model=None) -> None:
         """Resolved config, Hydra's .hydra/ folder, the job log and the model weights."""

@@ -1,5 +1,7 @@
 """The real CLI in a subprocess against a real (temporary) SQLite MLflow store."""
 
+import csv
+import io
 import math
 import signal
 import subprocess
@@ -51,17 +53,19 @@ def test_depth_sweep_logs_one_parent_and_its_jobs(runs_dir):
         assert tags["diverged"] == "false"
 
         steps, log_every = int(params["trainer.steps"]), int(params["trainer.log_every"])
-        expected_train_steps = list(range(log_every, steps + 1, log_every))
+        expected_train_steps = list(range(log_every, steps + 1, log_every))  # smoke: one epoch
         if steps % log_every:
-            expected_train_steps.append(steps)
+            expected_train_steps.append(steps)  # the epoch's end is a log point too
         for key in ("train/loss", "train/acc", "lr"):
             history = client.get_metric_history(run.info.run_id, key)
             assert [m.step for m in history] == expected_train_steps, key
         for key in ("val/loss", "val/acc", "test/loss", "test/acc", "perf/images_per_sec", "perf/epoch_time_s"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [steps], key
 
+        check_probe_metrics(uri, client, run, steps)
+
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config_resolved.yaml", "hydra", "harness.log", "model"} <= artifacts
+        assert {"config_resolved.yaml", "hydra", "harness.log", "model", "layers.csv", "shift_accuracy.csv"} <= artifacts
         assert {a.path for a in client.list_artifacts(run.info.run_id, "hydra")} >= {
             "hydra/config.yaml", "hydra/hydra.yaml", "hydra/overrides.yaml"}
         # artifacts sit beside the database, not under the working directory
@@ -69,6 +73,27 @@ def test_depth_sweep_logs_one_parent_and_its_jobs(runs_dir):
     assert not (PROJECT_ROOT / "mlruns").exists()
 
     check_test_accuracy_independently(uri, jobs[0])
+
+
+def check_probe_metrics(uri, client, run, steps):
+    """Per-layer metrics under the names layers.csv lists, from step 0; shift scores and curve."""
+    table = open(download_artifacts(run_id=run.info.run_id, artifact_path="layers.csv", tracking_uri=uri)).read()
+    layers = list(csv.DictReader(io.StringIO(table)))
+    depth = int(run.data.params["model.depth"])
+    assert len(layers) == 2 * (depth - 1) + 1  # each conv and its BN, then the classifier
+    assert layers[0]["metric"] == "000_stem.conv" and layers[-1]["metric"] == f"{len(layers) - 1:03d}_fc"
+    for row in layers:
+        for kind in ("grad_norm", "weight_norm", "update_ratio"):
+            assert f"{kind}/{row['metric']}" in run.data.metrics
+    dense = int(run.data.params["probes.grad_dense"])
+    history = client.get_metric_history(run.info.run_id, "grad_norm/000_stem.conv")
+    assert [m.step for m in history] == list(range(min(dense, steps)))  # step 0 = the initialisation
+    for split in ("val", "test"):
+        for name in ("shift_consistency", "shift_instability_1px", "shift_prob_change_1px"):
+            assert 0 <= run.data.metrics[f"{split}/{name}"] <= 1
+    max_shift = int(run.data.params["probes.shift.max"])
+    curve = client.get_metric_history(run.info.run_id, "shift/acc_dx")
+    assert [m.step for m in curve] == list(range(2 * max_shift + 1))
 
 
 def check_test_accuracy_independently(uri, run):
@@ -102,7 +127,7 @@ def check_test_accuracy_independently(uri, run):
 def test_bad_input_is_one_line_and_writes_no_run(runs_dir, args, named):
     uri = f"sqlite:///{runs_dir}/mlflow.db"
     result = run_cli(*SMOKE, *args, runs_dir=runs_dir, timeout=120)
-    assert result.returncode != 0
+    assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and named in errors[0], result.stderr
     assert "Traceback" not in result.stderr

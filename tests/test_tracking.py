@@ -15,6 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from harness.app import JobInfo
 from harness.tracking import JobRun, MetricBuffer, open_experiment
 
 from conftest import PROJECT_ROOT, run_cli
@@ -95,20 +96,16 @@ def test_fresh_sqlite_store_opened_by_many_processes_at_once(tmp_path):
     assert len({out.strip() for out, _ in outputs}) == 1  # all found the same experiment
 
 
-class FakeJob:  # only the folder layout of a Hydra job; the store is real
-    def __init__(self, folder):
-        self.output_dir, self.log_file, self.sweep_dir, self.num, self.overrides = folder, folder / "x.log", None, 0, []
-
-
 def test_failed_job_records_error_traceback_and_status(tmp_path):
     client, experiment_id = open_experiment(f"sqlite:///{tmp_path}/t.db", "failures")
     cfg = OmegaConf.create({"paths": {"root": str(PROJECT_ROOT)}, "model": {"depth": 8}})
-    run = JobRun.create(client, experiment_id, cfg, FakeJob(tmp_path), {})
+    job = JobInfo(output_dir=tmp_path, log_file=tmp_path / "harness.log", sweep_dir=None, num=0, overrides=[])
+    run = JobRun.create(client, experiment_id, cfg, job, {})
     run.metrics.add(1, {"train/loss": torch.tensor(2.5)})
     try:
         raise RuntimeError("CUDA out of memory (simulated)\nsecond line")
     except RuntimeError as e:
-        run.fail(e, FakeJob(tmp_path))
+        run.fail(e, job)
     stored = client.get_run(run.run_id)
     assert stored.info.status == "FAILED"
     assert stored.data.tags["error"] == "RuntimeError: CUDA out of memory (simulated)"

@@ -1,0 +1,181 @@
+"""Probes against independent computations and cases with known answers."""
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from harness.app import build
+from harness.batches import Normalise
+from harness.models import CifarResNet
+from harness.probes import GradNorms, landscape_probe, shift_scores
+from harness.tracking import MetricBuffer, open_experiment
+from harness.train import train
+
+from conftest import PROJECT_ROOT
+
+
+def forward_order(model, x):
+    """Modules with their own parameters, in the order a forward pass runs them (via hooks)."""
+    order = []
+    hooks = [m.register_forward_hook(lambda m, i, o: order.append(m))
+             for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    model(x)
+    for h in hooks:
+        h.remove()
+    return order
+
+
+def test_grad_norms_match_per_parameter_norms_in_forward_order():
+    torch.manual_seed(0)
+    model = CifarResNet(8, shortcut="B")
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    F.cross_entropy(model(x), y).backward()
+    probe = GradNorms(model, every=1, dense=0)
+    metrics = probe.after_backward(0)
+
+    modules = forward_order(model, x)
+    assert [m for _, m in probe.layers] == modules  # every layer with weights, forward order
+    names = [k for k in metrics if k != "grad_norm/total"]
+    assert names == sorted(names)  # the index prefix sorts like the forward order
+    for (key, value), module in zip([(k, metrics[k]) for k in names], modules):
+        expected = torch.sqrt(sum(p.grad.norm() ** 2 for p in module.parameters(recurse=False)))
+        assert torch.allclose(value, expected, rtol=1e-5), key
+    total = torch.sqrt(sum(p.grad.norm() ** 2 for p in model.parameters()))
+    assert torch.allclose(metrics["grad_norm/total"], total, rtol=1e-5)
+    assert names[0] == "grad_norm/000_stem.conv" and names[-1] == f"grad_norm/{len(modules) - 1:03d}_fc"
+
+
+def test_update_ratio_is_the_relative_change_of_each_layer():
+    torch.manual_seed(0)
+    model = CifarResNet(8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    probe = GradNorms(model, every=1, dense=0)
+    F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([1, 2, 3, 4])).backward()
+    before = {id(m): [p.detach().clone() for p in m.parameters(recurse=False)] for _, m in probe.layers}
+    probe.after_backward(0)
+    optimizer.step()
+    metrics = probe.after_step(0)
+    for (name, module), prefix in zip(probe.layers, probe.names):
+        old = before[id(module)]
+        new = list(module.parameters(recurse=False))
+        change = torch.sqrt(sum((n - o).norm() ** 2 for n, o in zip(new, old)))
+        weight = torch.sqrt(sum(o.norm() ** 2 for o in old))
+        assert torch.allclose(metrics[f"weight_norm/{prefix}"], weight, rtol=1e-5)
+        assert torch.allclose(metrics[f"update_ratio/{prefix}"], change / weight, rtol=1e-4), name
+
+
+def test_grad_norm_schedule_logs_init_dense_then_sparse():
+    probe = GradNorms(CifarResNet(8), every=50, dense=5)
+    assert [s for s in range(201) if probe.due(s)] == [0, 1, 2, 3, 4, 50, 100, 150, 200]
+    assert not any(GradNorms(CifarResNet(8), every=0, dense=5).due(s) for s in range(10))
+
+
+class CircularInvariant(nn.Module):
+    """Circular-padded convolutions, then global average pooling: exactly invariant to rolls."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, padding_mode="circular")
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, padding_mode="circular")
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+class OnePixel(nn.Module):
+    """Looks at the top-left pixel only: any shift changes what it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 5)
+
+    def forward(self, x):
+        return self.fc(x[:, :, 0, 0])
+
+
+def shift_data(n=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 5, (n,), generator=g)
+    return x, y, Normalise(torch.full((3,), 0.5), torch.full((3,), 0.25), "cpu")
+
+
+def test_circularly_invariant_model_scores_perfectly():
+    torch.manual_seed(0)
+    x, y, norm = shift_data()
+    scores, curve = shift_scores(CircularInvariant(), x, y, norm, 4, "circular", 128, seed=0)
+    assert scores["shift_consistency"].item() == 1.0
+    assert scores["shift_instability_1px"].item() == 0.0
+    assert scores["shift_prob_change_1px"].item() < 1e-5
+    assert torch.allclose(curve, curve[4].expand(9))  # the same accuracy at every shift
+
+
+def test_one_pixel_model_scores_far_below():
+    torch.manual_seed(0)
+    x, y, norm = shift_data()
+    scores, _ = shift_scores(OnePixel(), x, y, norm, 4, "circular", 128, seed=0)
+    assert scores["shift_consistency"].item() < 0.6
+    assert scores["shift_instability_1px"].item() > 0.4
+    # in translate mode the 1-pixel shift brings in a zero pixel: still unstable
+    scores, _ = shift_scores(OnePixel(), x, y, norm, 4, "translate", 128, seed=0)
+    assert scores["shift_instability_1px"].item() > 0.4
+
+
+def test_shift_zero_is_the_plain_accuracy_and_results_repeat():
+    torch.manual_seed(0)
+    model = CifarResNet(8, num_classes=5).eval()
+    x, y, norm = shift_data()
+    first = shift_scores(model, x, y, norm, 3, "translate", 64, seed=7)
+    second = shift_scores(model, x, y, norm, 3, "translate", 100, seed=7)
+    with torch.no_grad():
+        plain = (model(norm(x)).argmax(1) == y).float().mean()
+    assert first[1][3].item() == plain.item()
+    assert torch.equal(first[1], second[1])
+    # batch size changes float rounding only, not the sampled shifts
+    assert first[0]["shift_consistency"].item() == second[0]["shift_consistency"].item()
+
+
+def test_landscape_probe_is_zero_at_eta_zero_and_restores_everything():
+    torch.manual_seed(0)
+    model = CifarResNet(8)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    F.cross_entropy(model(x), y).backward()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [p.grad.clone() for p in model.parameters()]
+    metrics = landscape_probe(model, lambda: F.cross_entropy(model(x), y), [0.0])
+    assert metrics["landscape/loss_variation"].item() == 0.0
+    assert metrics["landscape/grad_predictiveness"].item() == 0.0
+    moved = landscape_probe(model, lambda: F.cross_entropy(model(x), y), [0.05, 0.1, 0.2])
+    assert moved["landscape/loss_variation"].item() > 0
+    for key, value in model.state_dict().items():  # weights and BN running statistics
+        assert torch.equal(value, state[key]), key
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+
+
+def trained_weights(tmp_path, landscape_every):
+    cfg = OmegaConf.load(PROJECT_ROOT / "conf" / "config.yaml")
+    for group, choice in [("model", "resnet"), ("data", "synthetic"), ("augment", "crop_flip"), ("optim", "momentum"),
+                          ("schedule", "cosine"), ("probes", "default")]:
+        cfg[group] = OmegaConf.load(PROJECT_ROOT / "conf" / group / f"{choice}.yaml")
+    cfg.trainer = OmegaConf.load(PROJECT_ROOT / "conf" / "trainer" / "smoke.yaml").trainer
+    cfg.model.depth = 8
+    cfg.data.train_size, cfg.data.test_size, cfg.data.val_size = 512, 64, 64
+    cfg.trainer.device, cfg.trainer.steps = "cpu", 6
+    cfg.probes.landscape.every = landscape_every
+    cfg.probes.shift.images = 0
+    setup = build(cfg)
+    client, experiment_id = open_experiment(f"sqlite:///{tmp_path}/l.db", "landscape")
+    buffer = MetricBuffer(client, client.create_run(experiment_id).info.run_id)
+    train(setup, cfg.trainer, buffer)
+    return setup.model.state_dict(), client, buffer.run_id
+
+
+def test_landscape_probe_leaves_the_training_trajectory_bit_identical(tmp_path):
+    without, _, _ = trained_weights(tmp_path, landscape_every=0)
+    with_probe, client, run_id = trained_weights(tmp_path, landscape_every=2)
+    assert [m.step for m in client.get_metric_history(run_id, "landscape/loss_variation")] == [0, 2, 4]
+    for key in without:
+        assert torch.equal(without[key], with_probe[key]), key
