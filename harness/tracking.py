@@ -175,6 +175,7 @@ class Sweep:
         client, experiment_id = open_experiment(config.tracking.uri, config.tracking.experiment)
         overrides = list(config.hydra.overrides.task)
         swept = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
+        swept += [key for key in (config.hydra.sweeper.get("params") or {}) if key not in swept]  # presets' axes
         tags = {"mlflow.runName": f"sweep {sweep_id}", "sweep_id": sweep_id, "kind": "sweep",
                 "overrides": " ".join(overrides), "swept": " ".join(swept), "host": socket.gethostname(),
                 **git_state(Path(config.paths.root))}

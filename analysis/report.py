@@ -1,0 +1,85 @@
+"""Writing a report folder: every applicable figure as PNG and PDF, summary.csv, index.md,
+then the folder as artifacts of the sweep's parent run (visible in the MLflow UI).
+
+The folder is built beside its destination and swapped in whole, so a report is never half
+written and never mixes files of two runs of the command.
+"""
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from analysis.figures import DPI, FIGURES, Skip
+from analysis.frames import summary
+from analysis.load import histories_frame, runs_frame
+
+# fixed metadata: re-running on the same store writes the same bytes
+PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
+PNG_METADATA = {"Software": None}
+
+
+def write_report(client, uri, selection, out_dir: Path) -> dict:
+    """Write the report of the selected runs into out_dir; return {figure: caption or skip note}."""
+    runs = runs_frame(selection.runs)
+    history = histories_frame(client, uri, selection.runs)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        drawn, skipped = _draw_figures(history, runs, build)
+        table = summary(runs)
+        table.to_csv(build / "summary.csv", index=False)
+        (build / "index.md").write_text(_index(selection, drawn, skipped, table))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        build.rename(out_dir)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    if selection.parent is not None:
+        client.log_artifacts(selection.parent.info.run_id, str(out_dir), "report")
+    return {**drawn, **{name: f"skipped: {why}" for name, why in skipped.items()}}
+
+
+def _draw_figures(history, runs, folder: Path):
+    drawn, skipped = {}, {}
+    for number, (name, draw, caption) in enumerate(FIGURES, 1):
+        try:
+            fig = draw(history, runs)
+        except Skip as reason:
+            skipped[name] = str(reason)
+            continue
+        stem = f"{number}_{name}"
+        fig.savefig(folder / f"{stem}.png", dpi=DPI, metadata=PNG_METADATA)
+        fig.savefig(folder / f"{stem}.pdf", metadata=PDF_METADATA)
+        plt.close(fig)
+        drawn[stem] = caption
+    return drawn, skipped
+
+
+def _index(selection, drawn: dict, skipped: dict, table: pd.DataFrame) -> str:
+    lines = [f"# Report: {selection.name}", "",
+             f"{len(selection.runs)} runs" + (f" of sweep `{selection.name}` (parent run "
+                                               f"`{selection.parent.info.run_id}`)" if selection.parent else ""),
+             "", "## Figures", ""]
+    for stem, caption in drawn.items():
+        lines += [f"![{caption}]({stem}.png)", "", f"*{caption}* ([PDF]({stem}.pdf))", ""]
+    if skipped:
+        lines += ["Not drawn:", ""] + [f"- {name}: {why}" for name, why in skipped.items()] + [""]
+    lines += ["## Summary", "", _markdown_table(table.drop(columns="run_id")), "",
+              "Losses are cross-entropy; accuracies and shift scores are fractions. "
+              "Full precision in `summary.csv`.", ""]
+    return "\n".join(lines)
+
+
+def _markdown_table(table: pd.DataFrame) -> str:
+    def cell(value):
+        if isinstance(value, float):
+            return "" if pd.isna(value) else f"{value:.4f}"
+        return str(value)
+
+    rows = [list(table.columns)] + [[cell(v) for v in row] for row in table.itertuples(index=False)]
+    lines = ["| " + " | ".join(row) + " |" for row in rows]
+    lines.insert(1, "|" + "---|" * len(table.columns))
+    return "\n".join(lines)

@@ -1,0 +1,119 @@
+"""`python -m analysis` on stores made by real tiny sweeps (synthetic data, smoke trainer)."""
+
+import csv
+import hashlib
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from analysis import frames
+from analysis.figures import DPI, FIGSIZE
+from analysis.load import histories_frame, open_client, runs_frame, select_runs
+
+from conftest import PROJECT_ROOT, run_cli
+
+FAST = ["data=synthetic", "trainer=smoke", "probes.shift.images=64"]
+
+
+def analysis(*args):
+    return subprocess.run([sys.executable, "-m", "analysis", *args], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def depth_bn_store(tmp_path_factory):
+    """A 2 x 2 sweep over depth and BatchNorm with the landscape probe on, via the study preset."""
+    runs_dir = tmp_path_factory.mktemp("store") / "runs"
+    result = run_cli("-m", "+experiment=batchnorm", "model.depth=8,14", "model.residual=true",
+                     "probes.landscape.every=4", *FAST, runs_dir=runs_dir)
+    assert result.returncode == 0, result.stderr
+    return f"sqlite:///{runs_dir}/mlflow.db", runs_dir
+
+
+def test_report_of_the_latest_sweep(depth_bn_store, tmp_path):
+    uri, _ = depth_bn_store
+    out = tmp_path / "report"
+    result = analysis("--uri", uri, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    drawn = ["1_training_curves", "2_grad_vs_layer", "3_grad_heatmap", "4_error_vs_depth", "7_landscape"]
+    for stem in drawn:
+        with Image.open(out / f"{stem}.png") as image:
+            image.load()
+            assert image.size == (FIGSIZE[0] * DPI, FIGSIZE[1] * DPI)
+        assert (out / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
+    index = (out / "index.md").read_text()
+    assert all(f"]({stem}.png)" in index for stem in drawn)
+    assert "optimizers: the optimizer was not swept" in index  # not swept: skipped, with a note
+    assert "shift_invariance: augmentation was not swept" in index
+
+    client = open_client(uri)
+    selection = select_runs(client)
+    stored = {r.info.run_name: r.data.metrics for r in selection.runs}
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert len(rows) == 4
+    for row in rows:
+        metrics = stored[row["run"]]
+        for column, key in [("test acc", "test/acc"), ("val loss", "val/loss"), ("train loss", "train/loss"),
+                            ("shift consistency", "test/shift_consistency")]:
+            assert float(row[column]) == metrics[key], (row["run"], column)
+        assert f"{metrics['test/acc']:.4f}" in index
+
+    artifacts = {a.path for a in client.list_artifacts(selection.parent.info.run_id, "report")}
+    assert {"report/index.md", "report/summary.csv", "report/1_training_curves.png"} <= artifacts
+
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}
+    assert analysis("--uri", uri, "--out", str(out), "--sweep", selection.name).returncode == 0
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}
+    assert after == before  # the same store gives the same files
+
+
+def test_grad_by_layer_frame_has_a_row_per_layer_per_step_per_run(depth_bn_store):
+    uri, _ = depth_bn_store
+    client = open_client(uri)
+    selection = select_runs(client)
+    runs = runs_frame(selection.runs)
+    layers = frames.grad_by_layer(histories_frame(client, uri, selection.runs), runs)
+    for run in selection.runs:
+        one = layers[layers["run_id"] == run.info.run_id]
+        depth = int(run.data.params["model.depth"])
+        n_layers = 2 * (depth - 1) + 1 if run.data.params["model.batchnorm"] == "True" else depth
+        steps = sorted(one["step"].unique())
+        assert steps == list(range(12))  # smoke: 12 steps, all within the dense phase
+        assert len(one) == n_layers * len(steps)
+        for step in steps:
+            at_step = one[one["step"] == step]
+            assert list(at_step["layer_index"]) == list(range(n_layers))
+            assert at_step["layer"].iloc[0] == "stem.conv" and at_step["layer"].iloc[-1] == "fc"
+        value = one[(one["step"] == 0) & (one["layer_index"] == 0)]["value"].item()
+        history = client.get_metric_history(run.info.run_id, "grad_norm/000_stem.conv")
+        assert value == history[0].value
+
+
+def test_optimizer_and_augmentation_figures(tmp_path):
+    runs_dir = tmp_path / "runs"
+    result = run_cli("-m", "optim=sgd,adam", "augment=none,crop", "model.depth=8", *FAST, runs_dir=runs_dir)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "report"
+    result = analysis("--uri", f"sqlite:///{runs_dir}/mlflow.db", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    for stem in ("5_optimizers", "6_shift_invariance", "3_grad_heatmap"):
+        assert (out / f"{stem}.png").stat().st_size > 10_000
+    assert "error_vs_depth: depth was not swept" in (out / "index.md").read_text()
+
+
+def test_unknown_sweep_and_empty_store_are_clear_errors(depth_bn_store, tmp_path):
+    uri, _ = depth_bn_store
+    result = analysis("--uri", uri, "--sweep", "1999-01-01/00-00-00-000000", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2
+    assert "no sweep '1999-01-01/00-00-00-000000'; recent sweeps:" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+    missing = analysis("--uri", f"sqlite:///{tmp_path}/none.db")
+    assert missing.returncode == 2 and "no MLflow store at" in missing.stderr
+
+    from mlflow.tracking import MlflowClient
+    MlflowClient(f"sqlite:///{tmp_path}/empty.db").search_experiments()  # a store with no runs
+    empty = analysis("--uri", f"sqlite:///{tmp_path}/empty.db")
+    assert empty.returncode == 2 and "no sweeps" in empty.stderr
