@@ -201,3 +201,20 @@ def test_two_sweeps_started_together_get_separate_folders():
     dirs = [yaml.safe_load(p.communicate(timeout=60)[0])["hydra"]["sweep"]["dir"] for p in processes]
     assert dirs[0] != dirs[1]
     assert all(d.startswith(str(PROJECT_ROOT / "runs" / "multirun")) for d in dirs)
+
+
+@pytest.mark.parametrize("preset, axes", [
+    ("depth_residual", {"model.depth": "8,20,56", "model.residual": "true,false"}),
+    ("batchnorm", {"model.batchnorm": "true,false", "model.residual": "true,false"}),
+    ("optimizers", {"optim": "sgd,momentum,rmsprop,adam"}),
+    ("augmentation", {"augment": "none,flip,crop,crop_flip"}),
+    ("[optimizers,seeds]", {"optim": "sgd,momentum,rmsprop,adam", "trainer.seed": "0,1,2"}),
+])
+def test_study_presets_compose_into_their_sweeps(preset, axes):
+    output = subprocess.run([sys.executable, "-m", "harness", "--cfg", "all", f"+experiment={preset}", "trainer=quick"],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert output.returncode == 0, output.stderr
+    config = yaml.safe_load(output.stdout)
+    assert {k: str(v) for k, v in config["hydra"]["sweeper"]["params"].items()} == axes
+    assert config["trainer"]["epochs"] == 2  # trainer=quick wins over the preset's trainer
+    assert config["tracking"]["experiment"] == preset.strip("[]").split(",")[0]
