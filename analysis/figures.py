@@ -53,12 +53,10 @@ def _finish(grid_or_fig, title):
 
 def training_curves(history, runs):
     """1. Training loss and validation error against step: colour = depth, facets = residual x BN."""
-    axes = frames.swept(runs)
-    _need({"depth", "residual", "batchnorm"} & set(axes), "depth, residual and batchnorm were not swept")
+    _need_architecture_axis(runs)
     data = frames.curves(history, runs)
     _need(not data.empty, "no training-loss or validation-accuracy history")
-    data["variant"] = _variant_column(runs)(data)
-    data["depth"], depths = _depth_labels(data)
+    data, depths = _by_variant_and_depth(data, runs)
     grid = sns.relplot(data=data, x="step", y="value", hue="depth", hue_order=depths, col="variant", row="metric", kind="line",
                        units="run_id", estimator=None, facet_kws={"sharey": "row"}, palette="viridis",
                        marker="o", markersize=3)
@@ -70,9 +68,16 @@ def training_curves(history, runs):
     return _finish(grid, "Training loss and validation error by depth (He et al. 2016, Fig. 6)")
 
 
-def _depth_labels(data):
-    """Depth as category labels, and their order by number (not "14" before "8")."""
-    return data["depth"].astype(str), [str(d) for d in sorted(data["depth"].unique())]
+def _need_architecture_axis(runs):
+    _need({"depth", "residual", "batchnorm"} & set(frames.swept(runs)), "depth, residual and batchnorm were not swept")
+
+
+def _by_variant_and_depth(data, runs):
+    """The frame with a panel label (`variant`) and depth as category labels, and the depths
+    in numeric order (not "14" before "8")."""
+    data = data.assign(variant=_variant_column(runs)(data))
+    depths = [str(d) for d in sorted(data["depth"].unique())]
+    return data.assign(depth=data["depth"].astype(str)), depths
 
 
 def _conv_layers(layers):
@@ -84,16 +89,13 @@ def _conv_layers(layers):
 
 def grad_vs_layer(history, runs):
     """2. Gradient norm against layer, at initialisation and at the end: log scale."""
-    axes = frames.swept(runs)
-    _need({"depth", "residual", "batchnorm"} & set(axes), "depth, residual and batchnorm were not swept")
+    _need_architecture_axis(runs)
     layers = frames.grad_by_layer(history, runs)
     _need(not layers.empty, "no per-layer gradient norms (probes off?)")
     last = layers.groupby("run_id")["step"].transform("max")
     layers = layers[(layers["step"] == 0) | (layers["step"] == last)].copy()
     layers["when"] = np.where(layers["step"] == 0, "initialisation", "last logged step")
-    data = _conv_layers(layers)
-    data["variant"] = _variant_column(runs)(data)
-    data["depth"], depths = _depth_labels(data)
+    data, depths = _by_variant_and_depth(_conv_layers(layers), runs)
     grid = sns.relplot(data=data, x="position", y="value", hue="depth", hue_order=depths, style="when", col="variant", kind="line",
                        units="run_id", estimator=None, palette="viridis")
     grid.set(yscale="log")

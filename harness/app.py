@@ -122,24 +122,18 @@ def _run_job(cfg, job: JobInfo) -> str:
         run.log_artifacts(job, cfg, setup.model)
         run.finish(outcome.status)
         return outcome.status
-    except HarnessError as e:
-        log.error("error: %s", e)
+    except BaseException as e:
+        if isinstance(e, HarnessError):
+            log.error("error: %s", e)  # the user's to fix: one line, no traceback
+        elif isinstance(e, Exception):
+            log.exception("job failed: %s", e)
         if run is not None:
             run.fail(e, job)
+        if not isinstance(e, Exception):  # KeyboardInterrupt, SystemExit: the run is ended, let it through
+            raise
         if job.sweep_dir is None:
-            raise SystemExit(2)
+            raise SystemExit(2 if isinstance(e, HarnessError) else 1)
         return "failed"
-    except Exception as e:
-        log.exception("job failed: %s", e)
-        if run is not None:
-            run.fail(e, job)
-        if job.sweep_dir is None:
-            raise SystemExit(1)
-        return "failed"
-    except BaseException as e:  # KeyboardInterrupt, SystemExit: end the run, then let it through
-        if run is not None:
-            run.fail(e, job)
-        raise
 
 
 def build(cfg) -> Setup:

@@ -66,6 +66,7 @@ def test_sweep_through_a_real_mlflow_server(tmp_path, mlflow_server):
     result = run_cli("-m", "model.depth=8,14", "data=synthetic", "trainer=smoke", runs_dir=tmp_path / "runs",
                      uri=mlflow_server)
     assert result.returncode == 0, result.stderr
+    assert "View run" not in result.stdout + result.stderr  # MLflow prints one per run to a server by default
     experiment = rest(mlflow_server, "experiments/get-by-name?experiment_name=harness")["experiment"]
     runs = rest(mlflow_server, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
