@@ -86,6 +86,17 @@ def test_sweep_through_a_real_mlflow_server(tmp_path, mlflow_server):
         assert {"config_resolved.yaml", "model", "harness.log"} <= {f["path"] for f in listed["files"]}
     assert list((tmp_path / "server-artifacts").rglob("model_weights.pt"))  # uploaded through the server
 
+    # the report reads histories through the REST API and uploads itself to the parent run
+    report = subprocess.run([sys.executable, "-m", "analysis", "--uri", mlflow_server, "--out", str(tmp_path / "report")],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    summary = (tmp_path / "report" / "summary.csv").read_text()
+    for run in children:
+        test_acc = next(m["value"] for m in run["data"]["metrics"] if m["key"] == "test/acc")
+        assert repr(test_acc) in summary or str(test_acc) in summary
+    listed = rest(mlflow_server, f"artifacts/list?run_id={parent_id}&path=report")
+    assert "report/index.md" in {f["path"] for f in listed["files"]}
+
 
 def test_fresh_sqlite_store_opened_by_many_processes_at_once(tmp_path):
     uri = f"sqlite:///{tmp_path}/fresh.db"
