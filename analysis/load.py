@@ -90,8 +90,8 @@ def runs_frame(runs) -> pd.DataFrame:
         row.update({f"metric.{k}": v for k, v in run.data.metrics.items()})
         rows.append(row)
     frame = pd.DataFrame(rows)
-    return frame.sort_values(["job_num", "run_name"], key=lambda c: pd.to_numeric(c, errors="coerce")
-                             if c.name == "job_num" else c).reset_index(drop=True)
+    frame["job_num"] = pd.to_numeric(frame["job_num"], errors="coerce")  # single runs have none
+    return frame.sort_values(["job_num", "run_name"]).reset_index(drop=True)
 
 
 def _typed(value: str):
