@@ -13,14 +13,12 @@ from harness.errors import ConfigError
 class Normalise:
     """uint8 images to float, minus the training mean, over the training std, per channel."""
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, device, memory_format=torch.contiguous_format):
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, device):
         self.scale = (1 / (255 * std)).view(1, -1, 1, 1).to(device)
         self.shift = (-mean / std).view(1, -1, 1, 1).to(device)
-        self.memory_format = memory_format
 
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        x = torch.addcmul(self.shift, x_uint8.float(), self.scale)
-        return x.contiguous(memory_format=self.memory_format)
+        return torch.addcmul(self.shift, x_uint8.float(), self.scale)
 
 
 class TrainBatches:

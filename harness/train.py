@@ -149,7 +149,7 @@ def train(setup: Setup, cfg_trainer, metrics) -> Outcome:
         seconds = time.perf_counter() - start
         images_per_sec = epoch_steps * batches.batch_size / seconds
         metrics.add(step, {"perf/epoch_time_s": seconds, "perf/images_per_sec": images_per_sec, "epoch": epoch})
-        if epoch % cfg_trainer.eval_every == 0 or step == total_steps:
+        if len(val_x) and (epoch % cfg_trainer.eval_every == 0 or step == total_steps):  # data.val_size=0: none
             val_loss, val_acc = evaluate(model, val_x, val_y, normalise, eval_batch, device, setup.precision)
             metrics.add(step, {"val/loss": val_loss, "val/acc": val_acc})
             metrics.add(step, probes.evaluate("val", step, val_x, val_y, normalise, eval_batch, mixed))

@@ -219,3 +219,13 @@ def test_study_presets_compose_into_their_sweeps(preset, axes):
     assert {k: str(v) for k, v in config["hydra"]["sweeper"]["params"].items()} == axes
     assert config["trainer"]["epochs"] == 2  # trainer=quick wins over the preset's trainer
     assert config["tracking"]["experiment"] == preset.strip("[]").split(",")[0]
+
+
+def test_no_validation_split_trains_on_everything(runs_dir):
+    uri = f"sqlite:///{runs_dir}/mlflow.db"
+    result = run_cli(*SMOKE, "data.val_size=0", "model.depth=8", runs_dir=runs_dir)
+    assert result.returncode == 0, result.stderr
+    _, runs = all_runs(uri)
+    metrics = runs[0].data.metrics
+    assert not any(key.startswith("val/") for key in metrics)  # skipped, not NaN
+    assert 0 <= metrics["test/acc"] <= 1 and "test/shift_consistency" in metrics
