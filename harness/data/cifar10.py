@@ -119,7 +119,11 @@ def extract(archive: Path, root: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(tmp, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4
+                tar.extractall(tmp, filter="data")
+            else:
+                _check_members(tar, archive)
+                tar.extractall(tmp)
         if not (tmp / FOLDER).is_dir():
             raise DataError(f"{archive} does not contain {FOLDER}/")
         os.replace(tmp / FOLDER, root / FOLDER)
@@ -127,6 +131,14 @@ def extract(archive: Path, root: Path) -> None:
         raise DataError(f"{archive} is not a readable tar.gz archive ({e}): delete it and run again") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_members(tar: tarfile.TarFile, archive: Path) -> None:
+    """What the "data" extraction filter refuses: paths leaving the folder, links, devices."""
+    for member in tar.getmembers():
+        path = Path(member.name)
+        if path.is_absolute() or ".." in path.parts or not (member.isfile() or member.isdir()):
+            raise DataError(f"{archive} has an unsafe member {member.name!r}: delete it and run again")
 
 
 def file_md5(path: Path) -> str:
