@@ -71,8 +71,8 @@ def evaluate(model, x, y, normalise, batch_size, device, precision):
 class Progress:
     """A one-line progress bar per epoch on a terminal; nothing otherwise (epoch lines are logged)."""
 
-    def __init__(self, enabled=None):
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+    def __init__(self):
+        self.enabled = sys.stderr.isatty()
 
     def update(self, epoch, epochs, done, total):
         if self.enabled:
