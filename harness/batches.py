@@ -1,8 +1,10 @@
 """Datasets on the device: shuffled, augmented, normalised batches with no per-sample Python.
 
-The uint8 images live on the training device; each batch is indexed, augmented, converted
-to float and normalised there. Batch order and augmentation draw from one generator on that
-device, seeded from trainer.seed, so a run is reproducible.
+The uint8 images live on the training device. Each epoch is shuffled and augmented there
+in a few whole-epoch tensor operations (a dozen kernel launches an epoch, not a dozen a
+step); each batch is then a slice, converted to float and normalised. Batch order and
+augmentation draw from one generator on that device, seeded from trainer.seed, so a run
+is reproducible.
 """
 
 import torch
@@ -13,12 +15,14 @@ from harness.errors import ConfigError
 class Normalise:
     """uint8 images to float, minus the training mean, over the training std, per channel."""
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, device):
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, device, memory_format=torch.contiguous_format):
         self.scale = (1 / (255 * std)).view(1, -1, 1, 1).to(device)
         self.shift = (-mean / std).view(1, -1, 1, 1).to(device)
+        self.memory_format = memory_format  # the layout the model's convolutions want (channels_last)
 
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.shift, x_uint8.float(), self.scale)
+        x = x_uint8.contiguous(memory_format=self.memory_format).float()
+        return torch.addcmul(self.shift, x, self.scale)
 
 
 class TrainBatches:
@@ -39,10 +43,10 @@ class TrainBatches:
         return len(self.x) // self.batch_size
 
     def epoch(self):
-        order = torch.randperm(len(self.x), device=self.x.device, generator=self.generator)
-        for i in range(len(self)):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self.normalise(self.augment(self.x[index], self.generator)), self.y[index]
+        order = torch.randperm(len(self.x), device=self.x.device, generator=self.generator)[:len(self) * self.batch_size]
+        x, y = self.augment(self.x[order], self.generator), self.y[order]  # one uint8 copy of the epoch
+        for start in range(0, len(order), self.batch_size):
+            yield self.normalise(x[start:start + self.batch_size]), y[start:start + self.batch_size]
 
 
 def eval_batches(x, y, batch_size):
