@@ -7,7 +7,6 @@ MLFLOW_RUN_ID from the environment, which would pour every job into one run.
 
 import atexit
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from harness.errors import ConfigError, HarnessError
+from harness.files import folder_lock, write_atomically
 
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run" per run
 
@@ -71,7 +71,7 @@ def open_experiment(uri: str, name: str):
         )
     # processes opening a fresh SQLite file at once race on its schema migration, which
     # MlflowClient runs as soon as it is made
-    lock = _file_lock(db.with_name(db.name + ".lock")) if artifact_location else contextlib.nullcontext()
+    lock = folder_lock(db.parent) if artifact_location else contextlib.nullcontext()
     try:
         with lock:
             client = MlflowClient(tracking_uri=uri)
@@ -91,16 +91,6 @@ def open_experiment(uri: str, name: str):
             f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or choose another name"
         )
     return client, experiment.experiment_id
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _check_server(uri: str) -> None:
@@ -182,7 +172,7 @@ class Sweep:
         run = client.create_run(experiment_id, tags=tags, run_name=tags["mlflow.runName"])
         folder.mkdir(parents=True, exist_ok=True)
         info = {"run_id": run.info.run_id, "experiment_id": experiment_id, "sweep_id": sweep_id, "swept": swept}
-        _write_atomically(folder / PARENT_FILE, json.dumps(info))
+        write_atomically(folder / PARENT_FILE, json.dumps(info))
         log.info("sweep %s: MLflow parent run %s in %s", sweep_id, run.info.run_id, config.tracking.uri)
         return cls(client, run.info.run_id, folder, sweep_id)
 
@@ -212,7 +202,7 @@ OUTCOME_FILE = "outcome.txt"  # in each job's folder: finished, diverged or fail
 
 
 def write_outcome(job_dir: Path, outcome: str) -> None:
-    _write_atomically(job_dir / OUTCOME_FILE, outcome)
+    write_atomically(job_dir / OUTCOME_FILE, outcome)
 
 
 def read_outcome(job_dir: Path) -> str:
@@ -353,9 +343,3 @@ class MetricBuffer:
         for start in range(0, len(metrics), BATCH_LIMIT):
             self.client.log_batch(self.run_id, metrics=metrics[start:start + BATCH_LIMIT], synchronous=True)
         return [(k, v, s) for k, v, s, _ in rows]
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

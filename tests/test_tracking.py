@@ -139,3 +139,34 @@ def test_metric_buffer_sends_everything_in_batches(tmp_path):
     assert [m.step for m in history] == list(range(1, 1301))
     assert [m.value for m in history] == [float(s) for s in range(1, 1301)]
     assert client.get_metric_history(run_id, "b")[-1].value == 650.0
+
+
+WRITER = """
+import sys, torch
+from harness.tracking import MetricBuffer, open_experiment
+client, experiment_id = open_experiment(sys.argv[1], "concurrent")
+run_id = client.create_run(experiment_id, tags={"writer": sys.argv[2]}).info.run_id
+buffer = MetricBuffer(client, run_id)
+for step in range(40):  # 40 flushes of 250 points, as 40 epochs of a job would send
+    for i in range(250):
+        buffer.add(step * 250 + i, {"x": torch.tensor(float(step * 250 + i))})
+    buffer.flush()
+client.set_terminated(run_id)
+"""
+
+
+def test_concurrent_writers_to_one_sqlite_store_lose_nothing(tmp_path):
+    """Parallel sweep jobs (hydra/launcher=joblib) write to one SQLite file at once."""
+    uri = f"sqlite:///{tmp_path}/shared.db"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, uri, str(k)], cwd=PROJECT_ROOT,
+                                stderr=subprocess.PIPE, text=True) for k in range(4)]
+    errors = [w.communicate(timeout=300)[1] for w in writers]
+    assert all(w.returncode == 0 for w in writers), [e[-800:] for e in errors]
+    client, experiment_id = open_experiment(uri, "concurrent")
+    runs = client.search_runs([experiment_id])
+    assert sorted(r.data.tags["writer"] for r in runs) == ["0", "1", "2", "3"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "x")
+        assert sorted(m.step for m in history) == list(range(10_000))
+        assert all(m.value == m.step for m in history)

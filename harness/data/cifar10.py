@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from harness.errors import DataError
+from harness.files import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,17 @@ def ensure_cifar10(root: Path, url: str, md5: str, download: bool) -> Path:
     folder = root / FOLDER
     if folder.is_dir():
         return folder
+    if not download and not (root / ARCHIVE).is_file():
+        raise DataError(_missing_message(root, "data.download=false"))
+    with folder_lock(root):  # the jobs of a parallel sweep: one downloads, the rest wait
+        if not folder.is_dir():
+            _download_and_extract(root, url, md5)
+    return folder
+
+
+def _download_and_extract(root: Path, url: str, md5: str) -> None:
     archive = root / ARCHIVE
     if not archive.is_file():
-        if not download:
-            raise DataError(_missing_message(root, "data.download=false"))
         try:
             download_file(url, archive, md5)
         except OSError as e:  # URLError and socket errors are OSErrors
@@ -79,7 +87,6 @@ def ensure_cifar10(root: Path, url: str, md5: str, download: bool) -> Path:
     elif file_md5(archive) != md5:
         raise DataError(f"{archive} has MD5 {file_md5(archive)}, expected {md5}: delete it and run again")
     extract(archive, root)
-    return folder
 
 
 def _missing_message(root: Path, reason: str) -> str:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from harness.errors import ConfigError, DataError
+from harness.files import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,13 @@ def load_imagefolder(cfg_data):
         raise DataError(f"{root}/test has classes not in {root}/train: {', '.join(unknown)}")
     cache = Path(cfg_data.cache_dir) / f"imagefolder-{_key(root)}.npz"
     fingerprint = _fingerprint(files)
-    arrays = _read_cache(cache, fingerprint)
-    if arrays is None:
-        arrays = {}
-        for split in ("train", "test"):
-            arrays[f"{split}_x"], arrays[f"{split}_y"] = _decode(files[split], classes)
-        _write_cache(cache, fingerprint, arrays)
+    with folder_lock(cache.parent):  # the jobs of a parallel sweep: one decodes, the rest wait
+        arrays = _read_cache(cache, fingerprint)
+        if arrays is None:
+            arrays = {}
+            for split in ("train", "test"):
+                arrays[f"{split}_x"], arrays[f"{split}_y"] = _decode(files[split], classes)
+            _write_cache(cache, fingerprint, arrays)
     if arrays["train_x"].shape[1:] != arrays["test_x"].shape[1:]:
         raise DataError(f"{root}: train images are {arrays['train_x'].shape[1:]} but test images {arrays['test_x'].shape[1:]}")
     return (torch.from_numpy(arrays["train_x"]), torch.from_numpy(arrays["train_y"]),
