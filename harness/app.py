@@ -21,6 +21,8 @@ from omegaconf import OmegaConf
 
 from harness.augment import Augment
 from harness.batches import Normalise, TrainBatches
+from harness.compute import apply as apply_compute
+from harness.compute import compile_model, resolve_compute
 from harness.data import load_dataset
 from harness.errors import ConfigError, HarnessError
 from harness.models import build_model, count_parameters
@@ -33,7 +35,6 @@ from harness.train import Setup, train
 log = logging.getLogger("harness")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PRECISIONS = ("auto", "fp32", "bf16")
 
 # cached resolvers are evaluated once per config, and Hydra copies the cache into every job
 OmegaConf.register_new_resolver("harness.root", lambda: str(PROJECT_ROOT), replace=True)
@@ -113,7 +114,7 @@ def _run_job(cfg, job: JobInfo) -> str:
                 run = JobRun.create(client, experiment_id, cfg, job, {})
             raise
         run = JobRun.create(client, experiment_id, cfg, job, {
-            "device": device_name(setup.device), "precision": setup.precision,
+            "device": device_name(setup.device), **setup.compute.describe(),
             "num_parameters": count_parameters(setup.model)})
         run.log_text(setup.probes.layer_table(), "layers.csv")
         outcome = train(setup, cfg.trainer, run.metrics)
@@ -138,8 +139,7 @@ def _run_job(cfg, job: JobInfo) -> str:
 
 def build(cfg) -> Setup:
     """Everything a job trains with; raises HarnessError naming any bad value."""
-    device = resolve_device(cfg.trainer.device)
-    precision = resolve_precision(cfg.trainer.precision, device)
+    compute = resolve_compute(cfg.trainer)
     for key in ("batch_size", "log_every", "eval_every", "eval_batch_size"):
         _require_positive_int(cfg.trainer, key)
     if cfg.trainer.steps is not None:
@@ -151,38 +151,19 @@ def build(cfg) -> Setup:
     augment = Augment(cfg.augment)
     check_probes(cfg.probes)
 
+    apply_compute(compute)
     torch.manual_seed(cfg.trainer.seed)
     splits = load_dataset(cfg.data)
-    model = build_model(cfg.model, splits.num_classes, splits.in_channels).to(device)
+    device = compute.device
+    model = build_model(cfg.model, splits.num_classes, splits.in_channels).to(device, memory_format=compute.memory_format)
     optimizer = build_optimizer(model, cfg.optim)
-    normalise = Normalise(splits.mean, splits.std, device)
+    normalise = Normalise(splits.mean, splits.std, device, compute.memory_format)
     batches = TrainBatches(splits.train_x, splits.train_y, cfg.trainer.batch_size, augment,
                            normalise, device, cfg.trainer.seed)
     total_steps = cfg.trainer.steps or cfg.trainer.epochs * len(batches)
     scheduler = build_scheduler(optimizer, total_steps, cfg.schedule)
-    return Setup(model, optimizer, scheduler, batches, splits, normalise, device, precision, Probes(cfg.probes, model))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"trainer.device={name!r} is not a device: use auto, cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={name!r} but no CUDA device is available: use auto or cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"trainer.device={name!r} is not supported: use auto, cpu or cuda[:N]")
-    return device
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    if name not in PRECISIONS:
-        raise ConfigError(f"trainer.precision={name!r} is not one of {', '.join(PRECISIONS)}")
-    if name == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return name
+    return Setup(model, optimizer, scheduler, batches, splits, normalise, compute, Probes(cfg.probes, model),
+                 compile_model(model, compute))
 
 
 def _require_positive_int(node, key: str) -> None:

@@ -6,18 +6,19 @@ epoch (the flush point, where evaluation syncs anyway). Divergence is detected t
 """
 
 import functools
-import itertools
 import logging
 import math
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from harness.batches import Normalise, TrainBatches, eval_batches
+from harness.compute import Compute, autocast
 from harness.data import Splits
 from harness.probes import Probes
 
@@ -34,9 +35,17 @@ class Setup:
     batches: TrainBatches
     splits: Splits
     normalise: Normalise
-    device: torch.device
-    precision: str  # "fp32" or "bf16"
+    compute: Compute
     probes: Probes
+    forward: Callable  # what a training step calls: the model, or its torch.compile'd form
+
+    @property
+    def device(self) -> torch.device:
+        return self.compute.device
+
+    @property
+    def precision(self) -> str:
+        return self.compute.precision
 
 
 @dataclass
@@ -44,12 +53,6 @@ class Outcome:
     status: str  # "finished" or "diverged"
     steps: int
     final: dict = field(default_factory=dict)  # last value of each metric, on the host
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 @torch.inference_mode()
@@ -107,39 +110,41 @@ class TrainWindow:
         return means
 
 
-def train(setup: Setup, cfg_trainer, metrics) -> Outcome:
-    """Train for the configured steps; log to `metrics` (a tracking.MetricBuffer)."""
-    model, optimizer, scheduler, batches, probes = setup.model, setup.optimizer, setup.scheduler, setup.batches, setup.probes
+def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext) -> Outcome:
+    """Train for the configured steps; log to `metrics` (a tracking.MetricBuffer).
+
+    step_context() is entered around each step (harness.syncs checks there that no step
+    waits for the device).
+    """
+    model, scheduler, batches, probes = setup.model, setup.scheduler, setup.batches, setup.probes
     device, normalise, eval_batch = setup.device, setup.normalise, cfg_trainer.eval_batch_size
-    mixed = functools.partial(autocast, device, setup.precision)
+    mixed = setup.compute.autocast
     steps_per_epoch = len(batches)
     total_steps = cfg_trainer.steps or cfg_trainer.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
     val_x, val_y = setup.splits.val_x.to(device), setup.splits.val_y.to(device)
     progress, window = Progress(), TrainWindow(device)
-    log.info("training %d steps (%d epochs of %d steps, batch %d) on %s, %s",
-             total_steps, epochs, steps_per_epoch, batches.batch_size, device, setup.precision)
+    log.info("training %d steps (%d epochs of %d steps, batch %d) on %s: %s",
+             total_steps, epochs, steps_per_epoch, batches.batch_size, device,
+             ", ".join(f"{k} {v}" for k, v in setup.compute.describe().items()))
 
     step, final = 0, {}
     model.train()
     for epoch in range(1, epochs + 1):
         start, epoch_start_step = time.perf_counter(), step
         epoch_steps = min(steps_per_epoch, total_steps - epoch_start_step)
-        for x, y in itertools.islice(batches.epoch(), epoch_steps):
-            lr = scheduler.get_last_lr()[0]
-            with mixed():
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            metrics.add(step, probes.after_backward(step, functools.partial(_batch_loss, model, x, y, mixed), lr))
-            optimizer.step()
-            metrics.add(step, probes.after_step(step))
-            scheduler.step()
-            step += 1
-            window.add(loss, logits, y)
+        epoch_batches = batches.epoch()
+        for _ in range(epoch_steps):
+            with step_context():
+                x, y = next(epoch_batches)
+                lr = scheduler.get_last_lr()[0]
+                loss, logits = train_step(setup, x, y, step, lr, metrics)
+                scheduler.step()
+                step += 1
+                window.add(loss, logits, y)
+                if step % cfg_trainer.log_every == 0:
+                    metrics.add(step, {**window.take(), "lr": lr})
             if step % cfg_trainer.log_every == 0:
-                metrics.add(step, {**window.take(), "lr": lr})
                 progress.update(epoch, epochs, step - epoch_start_step, epoch_steps)
         if window.steps:  # every epoch ends with a log point
             metrics.add(step, {**window.take(), "lr": lr})
@@ -165,13 +170,29 @@ def train(setup: Setup, cfg_trainer, metrics) -> Outcome:
     return Outcome("finished", step, final)
 
 
+def train_step(setup: Setup, x, y, step: int, lr: float, metrics):
+    """Forward, loss, backward, probes, optimiser step; (loss, logits) stay on the device."""
+    model, mixed = setup.model, setup.compute.autocast
+    if setup.forward is not model:  # compiled: with CUDA graphs, a new step may overwrite the last one's outputs
+        torch.compiler.cudagraph_mark_step_begin()
+    with mixed():
+        logits = setup.forward(x)
+        loss = F.cross_entropy(logits.float(), y)
+    setup.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    metrics.add(step, setup.probes.after_backward(step, functools.partial(_batch_loss, model, x, y, mixed), lr))
+    setup.optimizer.step()
+    metrics.add(step, setup.probes.after_step(step))
+    return loss, logits
+
+
 def final_test(setup: Setup, step: int, eval_batch: int, metrics) -> dict:
     """The final evaluation on the test set (used for nothing else), with its shift scores."""
     device, probes = setup.device, setup.probes
     x, y = setup.splits.test_x.to(device), setup.splits.test_y.to(device)
     loss, accuracy = evaluate(setup.model, x, y, setup.normalise, eval_batch, device, setup.precision)
     metrics.add(step, {"test/loss": loss, "test/acc": accuracy})
-    mixed = functools.partial(autocast, device, setup.precision)
+    mixed = setup.compute.autocast
     metrics.add(step, probes.evaluate("test", step, x, y, setup.normalise, eval_batch, mixed))
     for shift_step, curve_point in probes.shift_curve_metrics():
         metrics.add(shift_step, curve_point)

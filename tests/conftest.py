@@ -32,3 +32,31 @@ def all_runs(uri: str):
     client = MlflowClient(uri)
     experiments = client.search_experiments()
     return client, client.search_runs([e.experiment_id for e in experiments], max_results=1000) if experiments else []
+
+
+def recompute_test_metrics(uri: str, run) -> tuple:
+    """(test accuracy, test loss) of a run's logged weights, by a plain fp32 loop independent of
+    the harness's batching and normalisation code."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    import yaml
+    from mlflow.artifacts import download_artifacts
+    from omegaconf import OmegaConf
+
+    from harness.data import load_dataset
+    from harness.models import CifarResNet
+
+    config = OmegaConf.create(yaml.safe_load(open(download_artifacts(
+        run_id=run.info.run_id, artifact_path="config_resolved.yaml", tracking_uri=uri))))
+    weights = torch.load(download_artifacts(run_id=run.info.run_id, artifact_path="model/model_weights.pt",
+                                            tracking_uri=uri))
+    splits = load_dataset(config.data)
+    train = splits.train_x.numpy().astype(np.float64) / 255
+    mean, std = train.mean(axis=(0, 2, 3)), train.std(axis=(0, 2, 3))
+    x = (splits.test_x.numpy() / 255 - mean[None, :, None, None]) / std[None, :, None, None]
+    model = CifarResNet(int(config.model.depth), num_classes=splits.num_classes)
+    model.load_state_dict(weights)
+    with torch.no_grad():
+        logits = model.eval()(torch.tensor(x, dtype=torch.float32))
+    return (logits.argmax(1) == splits.test_y).double().mean().item(), F.cross_entropy(logits, splits.test_y).item()

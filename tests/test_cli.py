@@ -3,23 +3,17 @@
 import csv
 import io
 import math
+import os
 import signal
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 import yaml
 from mlflow.artifacts import download_artifacts
-from omegaconf import OmegaConf
 
-from harness.data import load_dataset
-from harness.models import CifarResNet
-
-from conftest import PROJECT_ROOT, all_runs, run_cli
+from conftest import PROJECT_ROOT, all_runs, recompute_test_metrics, run_cli
 
 SMOKE = ["data=synthetic", "trainer=smoke"]
 
@@ -31,7 +25,8 @@ def children_of(runs, parent):
 def test_depth_sweep_logs_one_parent_and_its_jobs(runs_dir):
     uri = f"sqlite:///{runs_dir}/mlflow.db"
     # MLFLOW_RUN_ID would make mlflow.start_run resume one run for every job; it must not matter
-    result = run_cli("-m", "model.depth=8,20", *SMOKE, runs_dir=runs_dir, env={"MLFLOW_RUN_ID": "0" * 32})
+    result = run_cli("-m", "model.depth=8,20", *SMOKE, "trainer.precision=fp32", runs_dir=runs_dir,
+                     env={"MLFLOW_RUN_ID": "0" * 32})
     assert result.returncode == 0, result.stderr
     assert "View run" not in result.stdout
 
@@ -98,21 +93,8 @@ def check_probe_metrics(uri, client, run, steps):
 
 
 def check_test_accuracy_independently(uri, run):
-    """Recompute test loss and accuracy from the logged weights with a plain loop."""
-    config = OmegaConf.create(yaml.safe_load(open(download_artifacts(
-        run_id=run.info.run_id, artifact_path="config_resolved.yaml", tracking_uri=uri))))
-    weights = torch.load(download_artifacts(run_id=run.info.run_id, artifact_path="model/model_weights.pt",
-                                            tracking_uri=uri))
-    splits = load_dataset(config.data)
-    train = splits.train_x.numpy().astype(np.float64) / 255
-    mean, std = train.mean(axis=(0, 2, 3)), train.std(axis=(0, 2, 3))
-    x = (splits.test_x.numpy() / 255 - mean[None, :, None, None]) / std[None, :, None, None]
-    model = CifarResNet(int(config.model.depth), num_classes=splits.num_classes)
-    model.load_state_dict(weights)
-    with torch.no_grad():
-        logits = model.eval()(torch.tensor(x, dtype=torch.float32))
-    accuracy = (logits.argmax(1) == splits.test_y).double().mean().item()
-    loss = F.cross_entropy(logits, splits.test_y).item()
+    """The logged test metrics of an fp32 run equal a plain fp32 recomputation from its weights."""
+    accuracy, loss = recompute_test_metrics(uri, run)
     assert run.data.metrics["test/acc"] == pytest.approx(accuracy, abs=1e-6)
     assert run.data.metrics["test/loss"] == pytest.approx(loss, rel=1e-4)
 
@@ -190,7 +172,7 @@ def test_hydra_cli_basics():
                               capture_output=True, text=True, timeout=60)
 
     help_text = harness("--help").stdout
-    assert "optim: adam, adamw, momentum, nesterov, rmsprop, sgd" in help_text
+    assert "optim: adam, adamw, fast, he2016, momentum, nesterov, rmsprop, sgd" in help_text
     job = yaml.safe_load(harness("--cfg", "job", "model.depth=56", "optim=adam").stdout)
     assert job["model"]["depth"] == 56 and job["optim"]["name"] == "adam"
     assert "Hydra" in harness("--info").stdout
@@ -229,3 +211,24 @@ def test_no_validation_split_trains_on_everything(runs_dir):
     metrics = runs[0].data.metrics
     assert not any(key.startswith("val/") for key in metrics)  # skipped, not NaN
     assert 0 <= metrics["test/acc"] <= 1 and "test/shift_consistency" in metrics
+
+
+def test_parallel_sweep_with_the_joblib_launcher(runs_dir):
+    """Jobs in worker processes at once: every run complete, under one parent, in one SQLite file."""
+    from joblib import cpu_count
+
+    expected_threads = int(os.environ.get("OMP_NUM_THREADS") or max(cpu_count() // 2, 1))  # joblib's rule
+    result = run_cli("-m", "model.depth=8,14", "model.residual=true,false", *SMOKE, "trainer.steps=6",
+                     "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", runs_dir=runs_dir, timeout=600)
+    assert result.returncode == 0, result.stderr
+    client, runs = all_runs(f"sqlite:///{runs_dir}/mlflow.db")
+    parent = next(r for r in runs if r.data.tags.get("kind") == "sweep")
+    assert parent.info.status == "FINISHED" and parent.data.tags["jobs"] == "4"
+    jobs = children_of(runs, parent)
+    assert sorted((r.data.params["model.depth"], r.data.params["model.residual"]) for r in jobs) == [
+        ("14", "False"), ("14", "True"), ("8", "False"), ("8", "True")]
+    assert sorted(r.data.tags["job_num"] for r in jobs) == ["0", "1", "2", "3"]
+    for run in jobs:
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [4, 6]
+        assert int(run.data.tags["threads"]) == expected_threads  # not 2 jobs x all CPUs
