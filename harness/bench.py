@@ -6,7 +6,8 @@
    DataLoader with worker processes, fp32, NCHW, no compile, `loss.item()` every step),
    which is what most users would otherwise run. Each trainer runs two epochs of --steps
    steps; the second is timed (the first pays for compiling, cuDNN autotuning and worker
-   start-up). The three alternate --repeats times in this one process; best times count.
+   start-up). The three alternate --repeats times in this one process, in reversed order
+   every other time; best times count.
 2. Host syncs: a few harness steps under harness.syncs.HostSyncs (on CUDA also
    torch.cuda.set_sync_debug_mode("warn")); any synchronising op is listed.
 3. With --sweep: a depth 8/20/56 x residual on/off sweep through the real CLI, one job at a
@@ -179,7 +180,7 @@ def measure_depth(args, depth: int, runs_dir: str) -> dict:
     configs = {name: harness_config(args, depth, name, runs_dir) for name in ("default", "off")}
     times = {"default": [], "off": [], "reference": []}
     for repeat in range(args.repeats):
-        for name in times:
+        for name in list(times) if repeat % 2 == 0 else reversed(times):  # no trainer always goes first
             seconds = (time_textbook(args, configs["off"]) if name == "reference"
                        else time_harness(configs[name]))
             times[name].append(seconds)

@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 # aten ops whose result depends on device data the host has to read back
 HOST_READING_OPS = {
     "_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select", "unique_dim",
-    "_unique", "_unique2", "unique_consecutive", "repeat_interleave",
+    "_unique", "_unique2", "unique_consecutive",
 }
 
 
