@@ -68,10 +68,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """Fast bf16 arithmetic: a CUDA device that has it, or a CPU with AVX512-BF16/AMX (oneDNN)."""
+    """Fast bf16 arithmetic: a CUDA device that has it, or a CPU with native bf16 instructions
+    (AVX512-BF16 or AMX; oneDNN also runs bf16 on plain AVX512, by emulation, which is no faster)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if not hasattr(torch.cpu, "get_capabilities"):  # an older torch: no public way to ask, so fp32
+        return False
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
