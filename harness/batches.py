@@ -21,7 +21,7 @@ class Normalise:
         self.memory_format = memory_format  # the layout the model's convolutions want (channels_last)
 
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        x = x_uint8.contiguous(memory_format=self.memory_format).float()
+        x = x_uint8.to(torch.float32, memory_format=self.memory_format)  # one copy: cast and layout
         return torch.addcmul(self.shift, x, self.scale)
 
 

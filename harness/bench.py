@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -51,14 +52,19 @@ def harness_config(args, depth: int, probes: str, runs_dir: str, steps: int | No
         return compose("config", overrides=overrides)
 
 
-def time_harness(cfg) -> float:
-    """Seconds of the second (warm) training epoch, as the trainer itself logs it."""
-    setup = build(cfg)
+def train_once(cfg, setup=None, step_context=nullcontext):
+    """One harness training run logged to the bench store, as a job would log it."""
+    setup = setup or build(cfg)
     client, experiment_id = open_experiment(cfg.tracking.uri, "bench")
     run_id = client.create_run(experiment_id).info.run_id
-    outcome = train(setup, cfg.trainer, MetricBuffer(client, run_id))
+    outcome = train(setup, cfg.trainer, MetricBuffer(client, run_id), step_context)
     client.set_terminated(run_id)
-    return outcome.final["perf/epoch_time_s"]
+    return outcome
+
+
+def time_harness(cfg) -> float:
+    """Seconds of the second (warm) training epoch, as the trainer itself logs it."""
+    return train_once(cfg).final["perf/epoch_time_s"]
 
 
 def check_host_syncs(args, runs_dir: str) -> list | None:
@@ -69,9 +75,8 @@ def check_host_syncs(args, runs_dir: str) -> list | None:
     compiled = setup.forward is not setup.model
     if compiled and setup.device.type != "cuda":
         return None  # a compiled model hides its ops from the dispatch-mode detector, the CPU's only one
-    client, experiment_id = open_experiment(cfg.tracking.uri, "bench")
     checker = HostSyncs(setup.device, eager=not compiled)
-    train(setup, cfg.trainer, MetricBuffer(client, client.create_run(experiment_id).info.run_id), checker.step)
+    train_once(cfg, setup, checker.step)
     return checker.found
 
 

@@ -29,7 +29,10 @@ class Compute:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def autocast(self):
-        return autocast(self.device, self.precision)
+        """The context the model runs in: bf16 autocast, or nothing for fp32."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
 
     def describe(self) -> dict:
         """For the run's tags."""
@@ -109,12 +112,6 @@ def resolve_threads(value) -> int:
 
 def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def compile_model(model: torch.nn.Module, compute: Compute):

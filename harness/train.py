@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.batches import Normalise, TrainBatches, eval_batches
-from harness.compute import Compute, autocast
+from harness.compute import Compute
 from harness.data import Splits
 from harness.probes import Probes
 
@@ -43,10 +43,6 @@ class Setup:
     def device(self) -> torch.device:
         return self.compute.device
 
-    @property
-    def precision(self) -> str:
-        return self.compute.precision
-
 
 @dataclass
 class Outcome:
@@ -56,14 +52,14 @@ class Outcome:
 
 
 @torch.inference_mode()
-def evaluate(model, x, y, normalise, batch_size, device, precision):
+def evaluate(model, x, y, normalise, batch_size, autocast=nullcontext):
     """(mean cross-entropy, accuracy) over a whole split, as 0-d device tensors."""
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
     for xb, yb in eval_batches(x, y, batch_size):
-        with autocast(device, precision):
+        with autocast():
             logits = model(normalise(xb))
         loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
         correct += (logits.argmax(1) == yb).sum()
@@ -144,8 +140,7 @@ def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext) -> Outco
                 window.add(loss, logits, y)
                 if step % cfg_trainer.log_every == 0:
                     metrics.add(step, {**window.take(), "lr": lr})
-            if step % cfg_trainer.log_every == 0:
-                progress.update(epoch, epochs, step - epoch_start_step, epoch_steps)
+                    progress.update(epoch, epochs, step - epoch_start_step, epoch_steps)
         if window.steps:  # every epoch ends with a log point
             metrics.add(step, {**window.take(), "lr": lr})
 
@@ -155,7 +150,7 @@ def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext) -> Outco
         images_per_sec = epoch_steps * batches.batch_size / seconds
         metrics.add(step, {"perf/epoch_time_s": seconds, "perf/images_per_sec": images_per_sec, "epoch": epoch})
         if len(val_x) and (epoch % cfg_trainer.eval_every == 0 or step == total_steps):  # data.val_size=0: none
-            val_loss, val_acc = evaluate(model, val_x, val_y, normalise, eval_batch, device, setup.precision)
+            val_loss, val_acc = evaluate(model, val_x, val_y, normalise, eval_batch, mixed)
             metrics.add(step, {"val/loss": val_loss, "val/acc": val_acc})
             metrics.add(step, probes.evaluate("val", step, val_x, val_y, normalise, eval_batch, mixed))
         progress.clear()
@@ -188,11 +183,10 @@ def train_step(setup: Setup, x, y, step: int, lr: float, metrics):
 
 def final_test(setup: Setup, step: int, eval_batch: int, metrics) -> dict:
     """The final evaluation on the test set (used for nothing else), with its shift scores."""
-    device, probes = setup.device, setup.probes
+    device, probes, mixed = setup.device, setup.probes, setup.compute.autocast
     x, y = setup.splits.test_x.to(device), setup.splits.test_y.to(device)
-    loss, accuracy = evaluate(setup.model, x, y, setup.normalise, eval_batch, device, setup.precision)
+    loss, accuracy = evaluate(setup.model, x, y, setup.normalise, eval_batch, mixed)
     metrics.add(step, {"test/loss": loss, "test/acc": accuracy})
-    mixed = setup.compute.autocast
     metrics.add(step, probes.evaluate("test", step, x, y, setup.normalise, eval_batch, mixed))
     for shift_step, curve_point in probes.shift_curve_metrics():
         metrics.add(shift_step, curve_point)
