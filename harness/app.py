@@ -23,7 +23,7 @@ from harness.augment import Augment
 from harness.batches import Normalise, TrainBatches
 from harness.compute import apply as apply_compute
 from harness.compute import compile_model, resolve_compute
-from harness.data import load_dataset
+from harness.data import Splits, load_dataset
 from harness.errors import ConfigError, HarnessError
 from harness.models import build_model, count_parameters
 from harness.optim import build_optimizer, build_scheduler
@@ -137,8 +137,10 @@ def _run_job(cfg, job: JobInfo) -> str:
         return "failed"
 
 
-def build(cfg) -> Setup:
-    """Everything a job trains with; raises HarnessError naming any bad value."""
+def build(cfg, splits: Splits | None = None) -> Setup:
+    """Everything a job trains with; raises HarnessError naming any bad value.
+
+    `splits`: the dataset, already loaded (the benchmark trains several setups on one)."""
     compute = resolve_compute(cfg.trainer)
     for key in ("batch_size", "log_every", "eval_every", "eval_batch_size"):
         _require_positive_int(cfg.trainer, key)
@@ -153,7 +155,7 @@ def build(cfg) -> Setup:
 
     apply_compute(compute)
     torch.manual_seed(cfg.trainer.seed)
-    splits = load_dataset(cfg.data)
+    splits = splits or load_dataset(cfg.data)
     device = compute.device
     model = build_model(cfg.model, splits.num_classes, splits.in_channels).to(device, memory_format=compute.memory_format)
     optimizer = build_optimizer(model, cfg.optim)

@@ -1,21 +1,28 @@
-"""Training speed: `python -m harness.bench [--depths 8,20,56] [--steps 200] [--compile true] [--sweep]`
+"""Training speed: `python -m harness.bench [--depths 8,20,56] [--steps 200] [--compile auto] [--sweep] [--profile]`
 
 1. Throughput, per depth (residual, BatchNorm, batch 128, CIFAR-sized images): training
    images/s of the harness trainer with probes at their defaults, with probes off, and of
    a textbook PyTorch loop written below (map-style Dataset with per-sample crop+flip,
    DataLoader with worker processes, fp32, NCHW, no compile, `loss.item()` every step),
-   which is what most users would otherwise run. Each trainer runs two epochs of --steps
-   steps; the second is timed (the first pays for compiling, cuDNN autotuning and worker
-   start-up). The three alternate --repeats times in this one process, in reversed order
-   every other time; best times count.
-2. Host syncs: a few harness steps under harness.syncs.HostSyncs (on CUDA also
+   which is what most users would otherwise run. Each trainer runs two epochs (of --steps
+   steps on generated data; a real dataset, --data, has its own epoch); the second is
+   timed (the first pays for compiling, cuDNN autotuning and worker start-up). The three
+   alternate --repeats times in this one process, in reversed order every other time;
+   best times count. All train on one copy of the data, loaded once.
+2. With --profile: where a harness step's time goes, under torch.profiler (per step: wall
+   time, device-busy time, kernel launches, host time spent launching). With --variants:
+   the eager harness in bf16/fp32 x channels_last/NCHW, to check what precision=auto picks.
+3. Host syncs: harness steps under harness.syncs.HostSyncs (on CUDA also
    torch.cuda.set_sync_debug_mode("warn")); any synchronising op is listed.
-3. With --sweep: a depth 8/20/56 x residual on/off sweep through the real CLI, one job at a
+4. With --sweep: a depth 8/20/56 x residual on/off sweep through the real CLI, one job at a
    time (Hydra's basic launcher) and --parallel jobs at once on the one device
-   (hydra/launcher=joblib); wall time and jobs per hour of each.
+   (hydra/launcher=joblib); wall time and jobs per hour of each. Each sweep starts with an
+   empty torch.compile cache, as a first sweep does.
 """
 
 import argparse
+import contextlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -40,21 +47,29 @@ CIFAR_TRAIN_IMAGES = 50_000  # seconds per epoch are quoted for an epoch of this
 # ---------------------------------------------------------------- the harness trainer
 
 
-def harness_config(args, depth: int, probes: str, runs_dir: str, steps: int | None = None):
+def data_overrides(args) -> list:
+    """--data, with generated data sized to --steps steps an epoch (+1000 held out)."""
+    overrides = args.data.split()
+    if "data=synthetic" in overrides:
+        overrides += [f"data.train_size={args.steps * args.batch_size + 1000}", "data.val_size=1000",
+                      "data.test_size=1000"]
+    return overrides
+
+
+def harness_config(args, depth: int, probes: str, runs_dir: str, steps: int | None = None, extra=()):
     overrides = [
-        "data=synthetic", f"data.train_size={args.steps * args.batch_size + 1000}", "data.val_size=1000",
-        "data.test_size=1000", f"model.depth={depth}", f"probes={probes}", f"trainer.device={args.device}",
+        *data_overrides(args), f"model.depth={depth}", f"probes={probes}", f"trainer.device={args.device}",
         f"trainer.batch_size={args.batch_size}", f"trainer.compile={args.compile}",
         f"trainer.precision={args.precision}", "trainer.epochs=2", f"trainer.steps={steps or 'null'}",
-        f"paths.runs={runs_dir}", f"tracking.uri=sqlite:///{runs_dir}/bench.db",
+        f"paths.runs={runs_dir}", f"tracking.uri=sqlite:///{runs_dir}/bench.db", *extra,
     ]
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=overrides)
 
 
-def train_once(cfg, setup=None, step_context=nullcontext):
+def train_once(cfg, splits, setup=None, step_context=nullcontext):
     """One harness training run logged to the bench store, as a job would log it."""
-    setup = setup or build(cfg)
+    setup = setup or build(cfg, splits)
     client, experiment_id = open_experiment(cfg.tracking.uri, "bench")
     run_id = client.create_run(experiment_id).info.run_id
     outcome = train(setup, cfg.trainer, MetricBuffer(client, run_id), step_context)
@@ -62,22 +77,87 @@ def train_once(cfg, setup=None, step_context=nullcontext):
     return outcome
 
 
-def time_harness(cfg) -> float:
-    """Seconds of the second (warm) training epoch, as the trainer itself logs it."""
-    return train_once(cfg).final["perf/epoch_time_s"]
+def time_harness(cfg, splits) -> float:
+    """Images/s of the second (warm) training epoch, as the trainer itself logs it."""
+    return train_once(cfg, splits).final["perf/images_per_sec"]
 
 
-def check_host_syncs(args, runs_dir: str) -> list | None:
-    """Synchronising ops in the training steps of a short harness run (probes at defaults);
-    None where they cannot be checked."""
-    cfg = harness_config(args, 20, "default", runs_dir, steps=args.steps + 30)  # into the second epoch
-    setup = build(cfg)
+def check_host_syncs(args, splits, runs_dir: str) -> tuple:
+    """(synchronising ops in the training steps of a short harness run with probes at their
+    defaults, or None where they cannot be checked; how many first steps were not checked)."""
+    steps_per_epoch = len(splits.train_y) // args.batch_size
+    cfg = harness_config(args, 20, "default", runs_dir, steps=steps_per_epoch + 30)  # into the second epoch
+    setup = build(cfg, splits)
     compiled = setup.forward is not setup.model
     if compiled and setup.device.type != "cuda":
-        return None  # a compiled model hides its ops from the dispatch-mode detector, the CPU's only one
-    checker = HostSyncs(setup.device, eager=not compiled)
-    train_once(cfg, setup, checker.step)
-    return checker.found
+        return None, 0  # a compiled model hides its ops from the dispatch-mode detector, the CPU's only one
+    warmup = 3 if compiled else 0  # compiling, then recording the CUDA graphs, synchronise by design
+    checker = HostSyncs(setup.device, eager=not compiled, warmup=warmup)
+    train_once(cfg, splits, setup, checker.step)
+    return checker.found, warmup
+
+
+def measure_variants(args, depth: int, splits, runs_dir: str) -> list:
+    """[(precision and layout, images/s)] of the eager harness trainer with probes off."""
+    rows = []
+    for precision in ("bf16", "fp32"):
+        for channels_last in (True, False):
+            cfg = harness_config(args, depth, "off", runs_dir, extra=[
+                f"trainer.precision={precision}", f"trainer.channels_last={str(channels_last).lower()}",
+                "trainer.compile=false"])
+            rows.append((f"{precision} {'channels_last' if channels_last else 'NCHW'}", time_harness(cfg, splits)))
+    return rows
+
+
+# ---------------------------------------------------------------- where a step's time goes
+
+
+def profile_steps(args, depth: int, splits, runs_dir: str, warmup: int = 30, active: int = 20) -> str:
+    """torch.profiler over `active` steady-state steps of the harness trainer (probes at defaults)."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    cfg = harness_config(args, depth, "default", runs_dir, steps=warmup + active + 1)
+    setup = build(cfg, splits)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if setup.device.type == "cuda" else [])
+    window = {}  # host clock at the start and the end of the profiled steps, the device caught up at both
+    sync = torch.cuda.synchronize if setup.device.type == "cuda" else (lambda: None)
+
+    with profile(activities=activities, schedule=schedule(wait=0, warmup=warmup, active=active, repeat=1)) as prof:
+        @contextlib.contextmanager
+        def profiled_step():
+            if prof.step_num == warmup:
+                sync()
+                window["start"] = time.perf_counter()
+            yield
+            if prof.step_num == warmup + active - 1:
+                sync()
+                window["end"] = time.perf_counter()
+            prof.step()
+
+        train_once(cfg, splits, setup, profiled_step)
+    return summarise_profile(prof.key_averages(), (window["end"] - window["start"]) / active, active, depth,
+                             args.batch_size)
+
+
+def summarise_profile(events, step_seconds: float, steps: int, depth: int, batch_size: int) -> str:
+    """Per step: wall time, time the device was busy with kernels, launches and launch calls."""
+    wall_us = 1e6 * step_seconds
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy_us = sum(getattr(e, "self_device_time_total", 0) for e in kernels) / steps
+    launches = sum(e.count for e in kernels) / steps
+    launch_calls = [e for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC",
+                                                   "cudaGraphLaunch", "cuLaunchKernelEx")]
+    launch_us = sum(e.self_cpu_time_total for e in launch_calls) / steps
+    top = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CPU),
+                 key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+    lines = [f"ResNet-{depth}: {wall_us:,.0f} us a step ({batch_size * 1e6 / wall_us:,.0f} img/s while profiled)"]
+    if kernels:
+        lines.append(f"  device busy {busy_us:,.0f} us a step ({100 * busy_us / wall_us:.0f}% of the step: "
+                     f"{'host-bound' if busy_us < 0.8 * wall_us else 'device-bound'}); "
+                     f"{launches:,.0f} kernels a step; host time in launch calls {launch_us:,.0f} us "
+                     f"({100 * launch_us / wall_us:.0f}%)")
+    lines.append("  most host time: " + ", ".join(f"{e.key} {e.self_cpu_time_total / steps:,.0f} us" for e in top))
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- the textbook reference
@@ -102,10 +182,9 @@ class TextbookCifar(torch.utils.data.Dataset):
         return (image.float() / 255 - self.mean) / self.std, int(self.labels[i])
 
 
-def time_textbook(args, cfg) -> float:
-    """Seconds of the second epoch of a plain DataLoader training loop, same data and model as cfg."""
+def time_textbook(args, cfg, splits) -> float:
+    """Images/s in the second epoch of a plain DataLoader training loop, same data and model as cfg."""
     device = resolve_device(args.device)
-    splits = load_dataset(cfg.data)
     dataset = TextbookCifar(splits.train_x.permute(0, 2, 3, 1).numpy(), splits.train_y.numpy(), splits.mean, splits.std)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          num_workers=args.workers, pin_memory=device.type == "cuda",
@@ -123,7 +202,7 @@ def time_textbook(args, cfg) -> float:
             optimizer.step()
             running_loss += loss.item()
         seconds = time.perf_counter() - start
-    return seconds
+    return len(loader) * args.batch_size / seconds
 
 
 # ---------------------------------------------------------------- the sweep
@@ -132,12 +211,14 @@ def time_textbook(args, cfg) -> float:
 def time_sweep(args, runs_dir: str, parallel: int) -> float:
     """Wall seconds of the 6-job depth x residual sweep through the CLI."""
     command = [sys.executable, "-m", "harness", "-m", "model.depth=8,20,56", "model.residual=true,false",
-               f"trainer.device={args.device}", f"trainer.compile={args.compile}", *args.sweep_args.split(),
-               f"paths.runs={runs_dir}", f"tracking.uri=sqlite:///{runs_dir}/sweep.db"]
+               *args.data.split(), f"trainer.device={args.device}", f"trainer.compile={args.compile}",
+               *args.sweep_args.split(), f"paths.runs={runs_dir}", f"tracking.uri=sqlite:///{runs_dir}/sweep.db"]
     if parallel > 1:
         command += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={parallel}"]
+    compile_cache = tempfile.mkdtemp(dir=runs_dir, prefix="compile-cache-")
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": compile_cache})
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(f"sweep failed ({' '.join(command)}):\n{result.stderr[-3000:]}")
@@ -150,53 +231,72 @@ def time_sweep(args, runs_dir: str, parallel: int) -> float:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depths", default="8,20,56")
-    parser.add_argument("--steps", type=int, default=200, help="steps per timed epoch")
+    parser.add_argument("--steps", type=int, default=200, help="steps per timed epoch of generated data")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--compile", default="false", help="trainer.compile for the harness: false, true or a mode")
+    parser.add_argument("--compile", default="auto", help="trainer.compile for the harness: auto, false, true or a mode")
     parser.add_argument("--workers", type=int, default=min(8, usable_cpus()), help="DataLoader workers of the reference")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="0: no throughput table (with --sweep: the sweep only)")
+    parser.add_argument("--data", default="data=synthetic",
+                        help="data overrides for every trainer and sweep job, e.g. 'data=imagefolder data.root=DIR'")
+    parser.add_argument("--profile", action="store_true", help="also profile the harness's steps at each depth")
+    parser.add_argument("--variants", action="store_true",
+                        help="also time the eager harness in fp32/bf16 x channels_last/NCHW at the first depth")
     parser.add_argument("--sweep", action="store_true", help="also time the 6-job sweep, sequential vs parallel")
     parser.add_argument("--parallel", type=int, default=3, help="jobs at once in the parallel sweep")
-    parser.add_argument("--sweep-args", default="data=synthetic trainer.epochs=2",
-                        help="overrides for every sweep job, e.g. 'data=imagefolder data.root=DIR trainer=fast'")
+    parser.add_argument("--sweep-args", default="trainer.epochs=2",
+                        help="more overrides for every sweep job, e.g. 'trainer=fast'")
     args = parser.parse_args(argv)
     depths = [int(d) for d in args.depths.split(",")]
-    print(f"{device_name(resolve_device(args.device))}, torch {torch.__version__}, batch {args.batch_size}, "
-          f"{args.steps} steps per timed epoch, best of {args.repeats}; harness: precision={args.precision} "
-          f"compile={args.compile}; reference: fp32, {args.workers} DataLoader workers", flush=True)
 
     with tempfile.TemporaryDirectory() as runs_dir:
-        rows = [measure_depth(args, depth, runs_dir) for depth in depths]
-        print_table(rows, args)
-        found = check_host_syncs(args, runs_dir)
-        summary = ("not checked (compiled on a CPU)" if found is None else
-                   "none" if not found else f"{len(found)}: {', '.join(sorted(set(found)))}")
-        print(f"\nhost-device syncs inside {args.steps + 30} harness training steps: {summary}")
+        splits = load_dataset(harness_config(args, depths[0], "off", runs_dir).data)
+        steps = len(splits.train_y) // args.batch_size
+        print(f"{device_name(resolve_device(args.device))}, torch {torch.__version__}, {args.data}, batch "
+              f"{args.batch_size}, {steps} steps per timed epoch, best of {args.repeats}; harness: "
+              f"precision={args.precision} compile={args.compile}; reference: fp32, {args.workers} DataLoader workers",
+              flush=True)
+        if args.repeats:
+            print_table([measure_depth(args, depth, splits, runs_dir) for depth in depths])
+        if args.profile:
+            print("\nwhere a harness step's time goes (probes at their defaults; torch.profiler):")
+            for depth in depths:
+                print(profile_steps(args, depth, splits, runs_dir), flush=True)
+        if args.variants:
+            print(f"\nResNet-{depths[0]}, eager, probes off, one trial each:")
+            for name, rate in measure_variants(args, depths[0], splits, runs_dir):
+                print(f"  {name:20s} {rate:10,.0f} img/s", flush=True)
+        if args.repeats:
+            found, warmup = check_host_syncs(args, splits, runs_dir)
+            summary = ("not checked (compiled on a CPU)" if found is None else
+                       "none" if not found else f"{len(found)}: {', '.join(sorted(set(found)))}")
+            print(f"\nhost-device syncs inside {steps + 30 - warmup} harness training steps"
+                  f"{f' (after {warmup} warm-up steps)' if warmup else ''}: {summary}", flush=True)
         if args.sweep:
-            sequential = time_sweep(args, runs_dir, 1)
-            parallel = time_sweep(args, runs_dir, args.parallel)
-            print(f"\nsweep model.depth=8,20,56 model.residual=true,false {args.sweep_args} (6 jobs):")
-            print(f"  one at a time     {sequential:8.1f} s  {6 * 3600 / sequential:8.1f} jobs/hour")
-            print(f"  {args.parallel} at once         {parallel:8.1f} s  {6 * 3600 / parallel:8.1f} jobs/hour")
-            print(f"  parallel speed-up {sequential / parallel:.2f}x")
+            print(f"\nsweep model.depth=8,20,56 model.residual=true,false {args.data} {args.sweep_args} (6 jobs):")
+            seconds = {}
+            for parallel in (1, args.parallel):
+                seconds[parallel] = time_sweep(args, runs_dir, parallel)
+                label = "one at a time" if parallel == 1 else f"{parallel} at once"
+                print(f"  {label:17s} {seconds[parallel]:8.1f} s  {6 * 3600 / seconds[parallel]:8.1f} jobs/hour", flush=True)
+            print(f"  parallel speed-up {seconds[1] / seconds[args.parallel]:.2f}x")
 
 
-def measure_depth(args, depth: int, runs_dir: str) -> dict:
+def measure_depth(args, depth: int, splits, runs_dir: str) -> dict:
+    """Best images/s of each trainer at one depth."""
     configs = {name: harness_config(args, depth, name, runs_dir) for name in ("default", "off")}
-    times = {"default": [], "off": [], "reference": []}
+    rates = {"default": [], "off": [], "reference": []}
     for repeat in range(args.repeats):
-        for name in list(times) if repeat % 2 == 0 else reversed(times):  # no trainer always goes first
-            seconds = (time_textbook(args, configs["off"]) if name == "reference"
-                       else time_harness(configs[name]))
-            times[name].append(seconds)
-            print(f"  ResNet-{depth} trial {repeat + 1} {name:9s} {args.steps * args.batch_size / seconds:10,.0f} img/s",
-                  flush=True)
-    return {"depth": depth, **{name: args.steps * args.batch_size / min(t) for name, t in times.items()}}
+        for name in list(rates) if repeat % 2 == 0 else reversed(rates):  # no trainer always goes first
+            rate = (time_textbook(args, configs["off"], splits) if name == "reference"
+                    else time_harness(configs[name], splits))
+            rates[name].append(rate)
+            print(f"  ResNet-{depth} trial {repeat + 1} {name:9s} {rate:10,.0f} img/s", flush=True)
+    return {"depth": depth, **{name: max(r) for name, r in rates.items()}}
 
 
-def print_table(rows, args) -> None:
+def print_table(rows) -> None:
     print(f"\ntraining images/s (seconds per {CIFAR_TRAIN_IMAGES:,}-image epoch)")
     print(f"{'model':10s} {'probes default':>20s} {'probes off':>20s} {'textbook reference':>20s}"
           f" {'harness/reference':>18s} {'probe overhead':>15s}")

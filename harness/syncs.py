@@ -8,7 +8,7 @@ host prepares the next step. Two detectors, used together by `HostSyncs.step`:
   host (`_local_scalar_dense` is what `.item()` and `bool()` run; `nonzero` is what masks
   run). It sees eager ops only: a torch.compile'd model runs as one opaque graph;
 - CUDA: `torch.cuda.set_sync_debug_mode("warn")`, which warns on each synchronising CUDA
-  call, compiled code included.
+  call, compiled code included (or "error", which raises there).
 """
 
 import contextlib
@@ -16,6 +16,10 @@ import warnings
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+# what torch.cuda.set_sync_debug_mode("warn") warns (c10's warn_or_error_on_sync); the mode's own
+# "prototype feature" notice, emitted once per process, also mentions synchronisation
+CUDA_SYNC_WARNING = "called a synchronizing CUDA operation"
 
 # aten ops whose result depends on device data the host has to read back
 HOST_READING_OPS = {
@@ -52,30 +56,43 @@ def _copies_to_host(name: str, args, kwargs) -> bool:
 
 
 class HostSyncs:
-    """Pass `step` as train()'s step_context; afterwards `found` names every synchronising op."""
+    """Pass `step` as train()'s step_context; afterwards `found` names every synchronising op.
 
-    def __init__(self, device: torch.device, eager: bool = True):
-        self.device, self.eager = torch.device(device), eager
+    The first `warmup` steps are not checked: a compiled model's first calls compile and
+    record CUDA graphs, which synchronise once by design. cuda_mode="error" makes a
+    synchronising CUDA call raise instead of being recorded.
+    """
+
+    def __init__(self, device: torch.device, eager: bool = True, warmup: int = 0, cuda_mode: str = "warn"):
+        self.device, self.eager, self.warmup, self.cuda_mode = torch.device(device), eager, warmup, cuda_mode
         self.found = []
+        self.steps = 0
 
     @contextlib.contextmanager
     def step(self):
+        self.steps += 1
         with contextlib.ExitStack() as stack:
-            if self.device.type == "cuda":
-                stack.enter_context(_cuda_sync_warnings(self.found))
-            if self.eager:
-                stack.enter_context(_RecordHostReads(self.found))
+            if self.steps > self.warmup:
+                if self.device.type == "cuda":
+                    stack.enter_context(_cuda_sync_debug(self.found, self.cuda_mode))
+                if self.eager:
+                    stack.enter_context(_RecordHostReads(self.found))
             yield
 
 
 @contextlib.contextmanager
-def _cuda_sync_warnings(found: list):
+def _cuda_sync_debug(found: list, mode: str):
     previous = torch.cuda.get_sync_debug_mode()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
+        torch.cuda.set_sync_debug_mode(mode)
         try:
             yield
         finally:
             torch.cuda.set_sync_debug_mode(previous)
-    found.extend(f"cuda: {w.message}".splitlines()[0] for w in caught if "synchroniz" in str(w.message))
+    found.extend(cuda_syncs(caught))
+
+
+def cuda_syncs(caught_warnings) -> list:
+    """The synchronising-call warnings among caught warnings, as one line each."""
+    return [f"cuda: {w.message}".splitlines()[0] for w in caught_warnings if CUDA_SYNC_WARNING in str(w.message)]
