@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from omegaconf import OmegaConf
 from harness.app import build
 from harness.compute import bf16_supported, resolve_compile, resolve_compute, resolve_precision, resolve_threads
 from harness.errors import ConfigError
-from harness.syncs import HostSyncs
+from harness.syncs import HostSyncs, cuda_syncs
 from harness.tracking import MetricBuffer, open_experiment
 from harness.train import train
 
@@ -45,8 +46,10 @@ def test_auto_precision_follows_the_cpus_bf16_support():
 def test_compile_and_thread_settings():
     assert resolve_compile(False, CPU) is None
     assert resolve_compile(True, CPU) == "default"  # CUDA graphs need a GPU
+    assert resolve_compile("auto", CPU) is None
+    assert resolve_compile("auto", torch.device("cuda")) == "reduce-overhead"  # no GPU needed to resolve
     assert resolve_compile("max-autotune", CPU) == "max-autotune"
-    with pytest.raises(ConfigError, match="trainer.compile='fast' is not one of false, true, default"):
+    with pytest.raises(ConfigError, match="trainer.compile='fast' is not one of auto, false, true, default"):
         resolve_compile("fast", CPU)
     assert resolve_threads(3) == 3
     with pytest.raises(ConfigError, match="trainer.threads=0 must be auto or a positive integer"):
@@ -60,6 +63,15 @@ def test_auto_threads_obey_omp_num_threads(monkeypatch):
     assert resolve_threads("auto") == 1
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert resolve_threads("auto") >= 1
+
+
+def test_cuda_sync_warnings_count_but_not_the_debug_modes_own_notice():
+    """Both texts as torch 2.11 printed them on an H200: the notice once per process, then each sync."""
+    notice = ("Synchronization debug mode is a prototype feature and does not yet detect all synchronizing "
+              "operations (Triggered internally at /pytorch/torch/csrc/cuda/Module.cpp:1003.)")
+    sync = "called a synchronizing CUDA operation (Triggered internally at c10/cuda/CUDAFunctions.cpp:1.)"
+    caught = [warnings.WarningMessage(UserWarning(text), UserWarning, "file.py", 1) for text in (notice, sync)]
+    assert cuda_syncs(caught) == [f"cuda: {sync}"]
 
 
 def test_the_sync_detector_catches_host_reads_and_nothing_else():
