@@ -51,7 +51,7 @@ def _finish(grid_or_fig, title):
     return fig
 
 
-def training_curves(history, runs):
+def training_curves(history, runs, layers):
     """1. Training loss and validation error against step: colour = depth, facets = residual x BN."""
     _need_architecture_axis(runs)
     data = frames.curves(history, runs)
@@ -82,15 +82,15 @@ def _by_variant_and_depth(data, runs):
 
 def _conv_layers(layers):
     """Conv and linear layers only (BN entries would zigzag the line), numbered input to output."""
-    convs = layers[layers["layer"].str.contains(r"conv|fc")].copy()
+    convs = layers[layers["module"].isin(["Conv2d", "Linear"])].copy()
     convs["position"] = convs.groupby(["run_id", "step"]).cumcount() + 1
     return convs
 
 
-def grad_vs_layer(history, runs):
+def grad_vs_layer(history, runs, layers):
     """2. Gradient norm against layer, at initialisation and at the end: log scale."""
     _need_architecture_axis(runs)
-    layers = frames.grad_by_layer(history, runs)
+    layers = frames.grad_by_layer(history, runs, layers)
     _need(not layers.empty, "no per-layer gradient norms (probes off?)")
     last = layers.groupby("run_id")["step"].transform("max")
     layers = layers[(layers["step"] == 0) | (layers["step"] == last)].copy()
@@ -104,9 +104,9 @@ def grad_vs_layer(history, runs):
     return _finish(grid, "Gradient norm per layer: does the gradient reach the first layers?")
 
 
-def grad_heatmap(history, runs):
+def grad_heatmap(history, runs, layers):
     """3. Gradient norm per conv/linear layer over training, as a heatmap, for the first runs."""
-    layers = frames.grad_by_layer(history, runs)
+    layers = frames.grad_by_layer(history, runs, layers)
     _need(not layers.empty, "no per-layer gradient norms (probes off?)")
     layers = _conv_layers(layers)
     layers["label"] = _variant_column(runs)(layers).str.replace("-", " ") + ", depth " + layers["depth"].astype(str)
@@ -122,7 +122,7 @@ def grad_heatmap(history, runs):
     return _finish(fig, f"Gradient norm per layer over training (first {len(chosen)} runs)")
 
 
-def error_vs_depth(history, runs):
+def error_vs_depth(history, runs, layers):
     """4. Final test error against depth, plain against residual."""
     _need("depth" in frames.swept(runs), "depth was not swept")
     data = frames.final_errors(runs).dropna(subset=["test error"])
@@ -136,35 +136,35 @@ def error_vs_depth(history, runs):
     return _finish(fig, "Final test error by depth: plain vs residual (He et al. 2016, Table 6)")
 
 
-def optimizers(history, runs):
+def optimizers(history, runs, layers):
     """5. Training loss by optimiser, mean and spread across seeds."""
     _need("optimizer" in frames.swept(runs), "the optimizer was not swept")
     data = frames.curves(history, runs)
     data = data[data["metric"] == "training loss"]
     fig, ax = plt.subplots()
-    sns.lineplot(data=data, x="step", y="value", hue="optimizer_name", errorbar="sd", ax=ax)
+    sns.lineplot(data=data, x="step", y="value", hue="optimizer", errorbar="sd", ax=ax)
     ax.set(yscale="log", xlabel="training step", ylabel="training cross-entropy loss (log scale)")
     ax.legend(title="optimizer (band: ±1 sd across seeds)" if "seed" in frames.swept(runs) else "optimizer")
     return _finish(fig, "Training loss by optimiser, each at its own default learning rate")
 
 
-def shift_invariance(history, runs):
+def shift_invariance(history, runs, layers):
     """6. Shift-invariance scores by augmentation, and accuracy against shift."""
     _need("augment" in frames.swept(runs), "augmentation was not swept")
     scores = frames.shift_scores(runs)
     curve = frames.shift_curves(history, runs)
     _need(not scores.empty and not curve.empty, "no shift-invariance metrics (probes.shift off?)")
     fig, (left, right) = plt.subplots(1, 2)
-    sns.barplot(data=scores, x="augmentation", y="value", hue="score", errorbar="sd", ax=left)
+    sns.barplot(data=scores, x="augment", y="value", hue="score", errorbar="sd", ax=left)
     left.set(xlabel="training augmentation", ylabel="probability", ylim=(0, 1))
     left.legend(title="")
-    sns.lineplot(data=curve, x="dx", y="value", hue="augmentation", errorbar="sd", marker="o", ax=right)
+    sns.lineplot(data=curve, x="dx", y="value", hue="augment", errorbar="sd", marker="o", ax=right)
     right.set(xlabel="horizontal shift dx (pixels)", ylabel="test accuracy")
     right.legend(title="training augmentation")
     return _finish(fig, "Shift invariance by training augmentation (test set)")
 
 
-def landscape(history, runs):
+def landscape(history, runs, layers):
     """7. Loss-landscape smoothness over training, BatchNorm on vs off."""
     _need("batchnorm" in frames.swept(runs), "batchnorm was not swept")
     data = frames.landscape(history, runs)

@@ -14,6 +14,8 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from harness import contract
+
 
 class SelectionError(Exception):
     """No runs match what was asked for; the message says what exists instead."""
@@ -84,9 +86,11 @@ def runs_frame(runs) -> pd.DataFrame:
     """One row per run: identity, params (numbers where they are numbers), tags, last metric values."""
     rows = []
     for run in runs:
+        tags = run.data.tags
         row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
-               "diverged": run.data.tags.get("diverged") == "true", "job_num": run.data.tags.get("job_num")}
+               "diverged": tags.get(contract.DIVERGED) == "true", "job_num": tags.get(contract.JOB_NUM)}
         row.update({f"param.{k}": _typed(v) for k, v in run.data.params.items()})
+        row.update({f"tag.{k}": v for k, v in tags.items() if k.startswith(contract.CHOICE)})
         row.update({f"metric.{k}": v for k, v in run.data.metrics.items()})
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -103,6 +107,18 @@ def _typed(value: str):
         except ValueError:
             pass
     return value
+
+
+def layer_tables(client, runs) -> pd.DataFrame:
+    """run_id, metric (NNN_<layer>), layer, module: each run's layer table (runs without one are left out)."""
+    tables = []
+    for run in runs:
+        try:
+            path = client.download_artifacts(run.info.run_id, contract.LAYER_TABLE)
+        except (MlflowException, OSError):
+            continue  # a run that failed before training logged none
+        tables.append(pd.read_csv(path, usecols=["metric", "layer", "module"]).assign(run_id=run.info.run_id))
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["run_id", "metric", "layer", "module"])
 
 
 def histories_frame(client, uri: str, runs, prefixes=None) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from analysis.figures import DPI, FIGURES, Skip
 from analysis.frames import summary
-from analysis.load import histories_frame, runs_frame
+from analysis.load import histories_frame, layer_tables, runs_frame
 
 # fixed metadata: re-running on the same store writes the same bytes
 PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
@@ -25,10 +25,11 @@ def write_report(client, uri, selection, out_dir: Path) -> dict:
     """Write the report of the selected runs into out_dir; return {figure: caption or skip note}."""
     runs = runs_frame(selection.runs)
     history = histories_frame(client, uri, selection.runs)
+    layers = layer_tables(client, selection.runs)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        drawn, skipped = _draw_figures(history, runs, build)
+        drawn, skipped = _draw_figures(history, runs, layers, build)
         table = summary(runs)
         table.to_csv(build / "summary.csv", index=False)
         (build / "index.md").write_text(_index(selection, drawn, skipped, table))
@@ -42,11 +43,11 @@ def write_report(client, uri, selection, out_dir: Path) -> dict:
     return {**drawn, **{name: f"skipped: {why}" for name, why in skipped.items()}}
 
 
-def _draw_figures(history, runs, folder: Path):
+def _draw_figures(history, runs, layers, folder: Path):
     drawn, skipped = {}, {}
     for number, (name, draw, caption) in enumerate(FIGURES, 1):
         try:
-            fig = draw(history, runs)
+            fig = draw(history, runs, layers)
         except Skip as reason:
             skipped[name] = str(reason)
             continue

@@ -7,9 +7,7 @@ which is how it is done here: one gather for the whole batch, no padding copy.
 
 import torch
 
-from harness.errors import ConfigError
-
-MODES = ("zero", "circular")
+FILLS = ("zero", "circular")
 
 
 def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, mode: str = "zero") -> torch.Tensor:
@@ -24,7 +22,7 @@ def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, mode: str = "
     if mode == "circular":
         rows, cols = rows % h, cols % w
     elif mode != "zero":
-        raise ConfigError(f"shift mode {mode!r} is not one of {', '.join(MODES)}")
+        raise ValueError(f"fill {mode!r} is not one of {', '.join(FILLS)}")
     batch = torch.arange(n, device=x.device)[:, None, None, None]
     channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
     out = x[batch, channel, rows.clamp(0, h - 1)[:, None, :, None], cols.clamp(0, w - 1)[:, None, None, :]]
@@ -47,14 +45,10 @@ def random_translate(x: torch.Tensor, pad: int, generator: torch.Generator) -> t
 
 
 class Augment:
-    """The `augment` config group as a function of (uint8 batch, generator)."""
+    """Random crops (pad pixels) and flips as a function of (uint8 batch, generator)."""
 
-    def __init__(self, cfg_augment):
-        self.flip = bool(cfg_augment.flip)
-        self.crop = bool(cfg_augment.crop)
-        self.pad = cfg_augment.pad
-        if self.crop and (not isinstance(self.pad, int) or self.pad < 1):
-            raise ConfigError(f"augment.pad={self.pad!r} must be a positive number of pixels")
+    def __init__(self, flip: bool = False, crop: bool = False, pad: int = 4):
+        self.flip, self.crop, self.pad = flip, crop, pad
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.crop:

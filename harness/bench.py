@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
+from harness import contract
 from harness.app import PROJECT_ROOT, build
 from harness.compute import resolve_device, usable_cpus
-from harness.data import load_dataset
-from harness.models import build_model
+from harness.config import load_data, make_model
 from harness.syncs import HostSyncs
 from harness.tracking import MetricBuffer, device_name, open_experiment
 from harness.train import train
@@ -79,7 +79,7 @@ def train_once(cfg, splits, setup=None, step_context=nullcontext):
 
 def time_harness(cfg, splits) -> float:
     """Images/s of the second (warm) training epoch, as the trainer itself logs it."""
-    return train_once(cfg, splits).final["perf/images_per_sec"]
+    return train_once(cfg, splits).final[contract.IMAGES_PER_SEC]
 
 
 def check_host_syncs(args, splits, runs_dir: str) -> tuple:
@@ -189,7 +189,7 @@ def time_textbook(args, cfg, splits) -> float:
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          num_workers=args.workers, pin_memory=device.type == "cuda",
                                          persistent_workers=args.workers > 0)
-    model = build_model(cfg.model, splits.num_classes).to(device)
+    model = make_model(cfg.model, splits.num_classes).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     seconds = 0.0
     for _ in range(2):
@@ -246,12 +246,12 @@ def main(argv=None) -> None:
     parser.add_argument("--sweep", action="store_true", help="also time the 6-job sweep, sequential vs parallel")
     parser.add_argument("--parallel", type=int, default=3, help="jobs at once in the parallel sweep")
     parser.add_argument("--sweep-args", default="trainer.epochs=2",
-                        help="more overrides for every sweep job, e.g. 'trainer=fast'")
+                        help="more overrides for every sweep job, e.g. 'recipe=fast'")
     args = parser.parse_args(argv)
     depths = [int(d) for d in args.depths.split(",")]
 
     with tempfile.TemporaryDirectory() as runs_dir:
-        splits = load_dataset(harness_config(args, depths[0], "off", runs_dir).data)
+        splits = load_data(harness_config(args, depths[0], "off", runs_dir).data)
         steps = len(splits.train_y) // args.batch_size
         print(f"{device_name(resolve_device(args.device))}, torch {torch.__version__}, {args.data}, batch "
               f"{args.batch_size}, {steps} steps per timed epoch, best of {args.repeats}; harness: "

@@ -8,23 +8,28 @@ the first block of stages 2 and 3, global average pooling and a linear classifie
 residual net of the same depth (shortcut A) have identical parameter counts.
 """
 
+from collections import OrderedDict
+from enum import Enum
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.errors import ConfigError
 
-SHORTCUTS = ("A", "B")
-INITS = ("kaiming", "fixup")
+class Shortcut(str, Enum):
+    A = "A"  # identity, zero-padded channels where the shape changes
+    B = "B"  # 1x1 projection where the shape changes
 
 
-def check_depth(depth) -> int:
-    """Blocks per stage for a valid depth; a ConfigError naming the value otherwise."""
+class Init(str, Enum):
+    kaiming = "kaiming"
+    fixup = "fixup"
+
+
+def blocks_per_stage(depth: int) -> int:
+    """n for depth = 6n + 2; ValueError for any other depth."""
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-        raise ConfigError(
-            f"model.depth={depth!r} is not a CIFAR ResNet depth: use 6n+2 with n >= 1 "
-            "(8, 14, 20, 32, 44, 56, 110, ...)"
-        )
+        raise ValueError(f"depth {depth!r} is not 6n + 2 with n >= 1")
     return (depth - 2) // 6
 
 
@@ -58,11 +63,12 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes) if batchnorm else nn.Identity()
         self.shortcut = nn.Identity()
         if residual and (stride != 1 or in_planes != planes):
-            if shortcut == "A":
+            if shortcut == Shortcut.A:
                 self.shortcut = ZeroPadShortcut(in_planes, planes, stride)
             else:
-                layers = [nn.Conv2d(in_planes, planes, 1, stride, bias=not batchnorm)]
-                self.shortcut = nn.Sequential(*layers, nn.BatchNorm2d(planes) if batchnorm else nn.Identity())
+                self.shortcut = nn.Sequential(OrderedDict(
+                    conv=nn.Conv2d(in_planes, planes, 1, stride, bias=not batchnorm),
+                    bn=nn.BatchNorm2d(planes) if batchnorm else nn.Identity()))
         if fixup:
             self.bias1a, self.bias1b, self.bias2a, self.bias2b = (
                 nn.Parameter(torch.zeros(1)) for _ in range(4)
@@ -82,40 +88,38 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, depth=20, residual=True, batchnorm=True, width=1.0, shortcut="A",
-                 init="kaiming", num_classes=10, in_channels=3):
+    """Module paths say where a layer sits: stem.conv, stage2.block1.conv2, stage3.block1.shortcut.bn, fc."""
+
+    def __init__(self, depth: int = 20, residual: bool = True, batchnorm: bool = True, width: float = 1.0,
+                 shortcut: Shortcut = Shortcut.A, init: Init = Init.kaiming, num_classes: int = 10,
+                 in_channels: int = 3):
         super().__init__()
-        blocks_per_stage = check_depth(depth)
-        if shortcut not in SHORTCUTS:
-            raise ConfigError(f"model.shortcut={shortcut!r} is not one of {', '.join(SHORTCUTS)}")
-        if init not in INITS:
-            raise ConfigError(f"model.init={init!r} is not one of {', '.join(INITS)}")
-        if init == "fixup" and not residual:
-            raise ConfigError("model.init=fixup needs model.residual=true (it zero-inits residual branches)")
-        if not width or width <= 0:
-            raise ConfigError(f"model.width={width!r} must be a positive number")
-        fixup = init == "fixup"
+        n = blocks_per_stage(depth)
+        if init == Init.fixup and not residual:
+            raise ValueError("Fixup initialisation needs residual connections")
+        if not width > 0:
+            raise ValueError(f"width {width!r} must be positive")
+        fixup = init == Init.fixup
         planes = [max(1, round(16 * width * 2**i)) for i in range(3)]
 
-        self.stem = nn.Conv2d(in_channels, planes[0], 3, 1, 1, bias=not batchnorm)
-        self.stem_bn = nn.BatchNorm2d(planes[0]) if batchnorm else nn.Identity()
-        stages = []
+        self.stem = nn.Sequential(OrderedDict(
+            conv=nn.Conv2d(in_channels, planes[0], 3, 1, 1, bias=not batchnorm),
+            bn=nn.BatchNorm2d(planes[0]) if batchnorm else nn.Identity()))
         in_planes = planes[0]
-        for stage, out_planes in enumerate(planes):
-            blocks = []
-            for b in range(blocks_per_stage):
-                stride = 2 if stage > 0 and b == 0 else 1
-                blocks.append(BasicBlock(in_planes, out_planes, stride, residual=residual,
-                                         batchnorm=batchnorm, shortcut=shortcut, fixup=fixup))
+        for stage, out_planes in enumerate(planes, 1):
+            blocks = OrderedDict()
+            for b in range(1, n + 1):
+                stride = 2 if stage > 1 and b == 1 else 1
+                blocks[f"block{b}"] = BasicBlock(in_planes, out_planes, stride, residual=residual,
+                                                 batchnorm=batchnorm, shortcut=shortcut, fixup=fixup)
                 in_planes = out_planes
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
+            self.add_module(f"stage{stage}", nn.Sequential(blocks))
         self.fc = nn.Linear(in_planes, num_classes)
         if fixup:
             self.stem_bias = nn.Parameter(torch.zeros(1))
             self.fc_bias = nn.Parameter(torch.zeros(1))
         self.fixup = fixup
-        self._init_weights(num_branches=3 * blocks_per_stage)
+        self._init_weights(num_branches=3 * n)
 
     def _init_weights(self, num_branches):
         for m in self.modules():
@@ -136,48 +140,22 @@ class CifarResNet(nn.Module):
             nn.init.zeros_(self.fc.weight)
             nn.init.zeros_(self.fc.bias)
 
+    def stages(self):
+        return [self.stage1, self.stage2, self.stage3]
+
     def blocks(self):
-        return [block for stage in self.stages for block in stage]
-
-    def layers(self):
-        """[(name, module)] for every layer with weights, in forward order.
-
-        Names say where a layer sits: "stem.conv", "stage2.block1.conv2", "stage3.block1.shortcut.bn", "fc".
-        """
-        found = [("stem.conv", self.stem), ("stem.bn", self.stem_bn)]
-        for s, stage in enumerate(self.stages, 1):
-            for b, block in enumerate(stage, 1):
-                prefix = f"stage{s}.block{b}"
-                found += [(f"{prefix}.conv1", block.conv1), (f"{prefix}.bn1", block.bn1),
-                          (f"{prefix}.conv2", block.conv2), (f"{prefix}.bn2", block.bn2)]
-                if isinstance(block.shortcut, nn.Sequential):  # option B projection
-                    found += [(f"{prefix}.shortcut.conv", block.shortcut[0]), (f"{prefix}.shortcut.bn", block.shortcut[1])]
-        found.append(("fc", self.fc))
-        return [(name, m) for name, m in found if any(True for _ in m.parameters(recurse=False))]
+        return [block for stage in self.stages() for block in stage]
 
     def forward(self, x):
-        x = F.relu(self.stem_bn(self.stem(x)))
+        x = F.relu(self.stem(x))
         if self.fixup:
             x = x + self.stem_bias
-        x = self.stages(x)
+        for stage in self.stages():
+            x = stage(x)
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         if self.fixup:
             x = x + self.fc_bias
         return self.fc(x)
-
-
-def build_model(cfg_model, num_classes: int, in_channels: int = 3) -> CifarResNet:
-    """The model described by the `model` config group."""
-    return CifarResNet(
-        depth=cfg_model.depth,
-        residual=bool(cfg_model.residual),
-        batchnorm=bool(cfg_model.batchnorm),
-        width=float(cfg_model.width),
-        shortcut=str(cfg_model.shortcut),
-        init=str(cfg_model.init),
-        num_classes=num_classes,
-        in_channels=in_channels,
-    )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,13 +1,12 @@
-"""Everything MLflow: the store, the sweep's parent run, one run per job, batched metrics.
+"""MLflow for one job: the store, the job's run, its params, tags, artifacts and buffered metrics.
+(A sweep's parent run and its lifecycle: harness.sweep.)
 
 Only MlflowClient is used, never the fluent `mlflow.start_run` API: its active run is
 process-global (Hydra's basic launcher runs every job in one process) and it obeys
 MLFLOW_RUN_ID from the environment, which would pour every job into one run.
 """
 
-import atexit
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -20,12 +19,11 @@ import urllib.request
 from pathlib import Path
 
 import torch
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
+from harness import contract
 from harness.errors import ConfigError, HarnessError
-from harness.files import folder_lock, write_atomically
+from harness.files import folder_lock
 
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run" per run
 
@@ -36,11 +34,6 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 log = logging.getLogger(__name__)
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial MLflow database tables..."
 logging.getLogger("alembic").setLevel(logging.WARNING)
-
-PARENT_FILE = "mlflow_parent_run.json"  # in the sweep folder: how jobs find their parent run
-BATCH_LIMIT = 1000  # metrics per MlflowClient.log_batch call (the REST API's limit)
-PARAM_LIMIT = 100  # params per call
-
 
 class TrackingError(HarnessError):
     """The MLflow store cannot be reached or used as configured."""
@@ -108,17 +101,17 @@ def _check_server(uri: str) -> None:
 
 
 def flatten(cfg) -> dict:
-    """The resolved config as {"model.depth": "20", ...}."""
+    """The resolved config as {"model.depth": "20", ...}, without instantiate's `_partial_` flags."""
     flat = {}
 
     def walk(node, prefix):
         for key, value in node.items():
             if isinstance(value, dict):
                 walk(value, f"{prefix}{key}.")
-            else:
+            elif key != "_partial_":
                 flat[f"{prefix}{key}"] = str(value)
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "")
     return flat
 
 
@@ -148,98 +141,6 @@ def _error_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:5000]
 
 
-# ---------------------------------------------------------------- the sweep
-
-
-class Sweep:
-    """The parent run of a multirun sweep: created before any job, ended exactly once."""
-
-    def __init__(self, client, run_id, folder: Path, sweep_id: str):
-        self.client, self.run_id, self.folder, self.sweep_id = client, run_id, folder, sweep_id
-        self.ended = False
-
-    @classmethod
-    def start(cls, config) -> "Sweep":
-        folder = Path(config.hydra.sweep.dir)
-        sweep_id = f"{folder.parent.name}/{folder.name}"  # <date>/<time>-<random>
-        client, experiment_id = open_experiment(config.tracking.uri, config.tracking.experiment)
-        overrides = list(config.hydra.overrides.task)
-        swept = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
-        swept += [key for key in (config.hydra.sweeper.get("params") or {}) if key not in swept]  # presets' axes
-        tags = {"mlflow.runName": f"sweep {sweep_id}", "sweep_id": sweep_id, "kind": "sweep",
-                "overrides": " ".join(overrides), "swept": " ".join(swept), "host": socket.gethostname(),
-                **git_state(Path(config.paths.root))}
-        run = client.create_run(experiment_id, tags=tags, run_name=tags["mlflow.runName"])
-        folder.mkdir(parents=True, exist_ok=True)
-        info = {"run_id": run.info.run_id, "experiment_id": experiment_id, "sweep_id": sweep_id, "swept": swept}
-        write_atomically(folder / PARENT_FILE, json.dumps(info))
-        log.info("sweep %s: MLflow parent run %s in %s", sweep_id, run.info.run_id, config.tracking.uri)
-        return cls(client, run.info.run_id, folder, sweep_id)
-
-    def end(self, completed: bool) -> int:
-        """End the parent run; return how many jobs failed. Safe to call twice.
-
-        Outcomes are read from the jobs' own folders rather than from MLflow, so a job that
-        failed before it could create its run, or never finished, still counts.
-        """
-        if self.ended:
-            return 0
-        self.ended = True
-        outcomes = [read_outcome(folder.parent) for folder in sorted(self.folder.glob("*/.hydra"))]
-        failed = sum(o not in ("finished", "diverged") for o in outcomes)
-        diverged = outcomes.count("diverged")
-        self.client.log_batch(self.run_id, tags=[RunTag("jobs", str(len(outcomes))),
-                                                 RunTag("jobs_failed", str(failed)),
-                                                 RunTag("jobs_diverged", str(diverged))])
-        status = "FINISHED" if completed and not failed else "FAILED"
-        self.client.set_terminated(self.run_id, status)
-        summary = f"sweep {self.sweep_id}: {len(outcomes)} jobs, {failed} failed, {diverged} diverged"
-        (log.warning if failed or not completed else log.info)(summary)
-        return failed
-
-
-OUTCOME_FILE = "outcome.txt"  # in each job's folder: finished, diverged or failed
-
-
-def write_outcome(job_dir: Path, outcome: str) -> None:
-    write_atomically(job_dir / OUTCOME_FILE, outcome)
-
-
-def read_outcome(job_dir: Path) -> str:
-    path = job_dir / OUTCOME_FILE
-    return path.read_text().strip() if path.is_file() else "unknown"
-
-
-def read_parent(sweep_dir: Path) -> dict:
-    path = sweep_dir / PARENT_FILE
-    if not path.is_file():
-        raise TrackingError(f"{path} is missing: the sweep's MLflow parent run was not created")
-    return json.loads(path.read_text())
-
-
-class SweepCallback(Callback):
-    """Hydra callback: one MLflow parent run per multirun sweep.
-
-    The parent is created in on_multirun_start, before any job (and before any job could
-    race on a fresh SQLite file). Hydra skips on_multirun_end when a job raised, so the
-    parent is also ended at interpreter exit, marked FAILED.
-    """
-
-    sweep = None
-
-    def on_multirun_start(self, config, **kwargs):
-        try:
-            self.sweep = Sweep.start(config)
-        except HarnessError as e:
-            log.error("error: %s", e)
-            raise SystemExit(2)  # Hydra turns Exceptions from callbacks into warnings
-        atexit.register(self.sweep.end, completed=False)
-
-    def on_multirun_end(self, config, **kwargs):
-        if self.sweep is not None and self.sweep.end(completed=True):
-            raise SystemExit(1)  # the sweep went on past failed jobs; the exit status still tells
-
-
 # ---------------------------------------------------------------- one job
 
 
@@ -251,27 +152,27 @@ class JobRun:
         self.metrics = MetricBuffer(client, run_id)
 
     @classmethod
-    def create(cls, client, experiment_id, cfg, job, tags: dict) -> "JobRun":
-        all_tags = {"overrides": " ".join(job.overrides), "host": socket.gethostname(),
-                    "torch_version": torch.__version__, **git_state(Path(cfg.paths.root)), **tags}
+    def create(cls, client, experiment_id, cfg, job, tags: dict, parent: dict | None = None) -> "JobRun":
+        """parent: the sweep's parent run (harness.sweep.read_parent), for a job of a sweep."""
+        all_tags = {contract.OVERRIDES: " ".join(job.overrides), "host": socket.gethostname(),
+                    "torch_version": torch.__version__, **git_state(Path(cfg.paths.root)),
+                    **{contract.choice_tag(group): choice for group, choice in job.choices.items()}, **tags}
         name = "default" if not job.overrides else " ".join(job.overrides)
-        if job.sweep_dir is not None:
-            parent = read_parent(job.sweep_dir)
+        if parent is not None:
             swept = [o for o in job.overrides if o.split("=", 1)[0] in parent["swept"]]
             name = f"#{job.num} " + (" ".join(swept) or name)
-            all_tags.update({"mlflow.parentRunId": parent["run_id"], "sweep_id": parent["sweep_id"],
-                             "job_num": str(job.num)})
-        all_tags["mlflow.runName"] = name[:250]
+            all_tags.update({contract.PARENT: parent["run_id"], contract.SWEEP_ID: parent["sweep_id"],
+                             contract.JOB_NUM: str(job.num)})
+        all_tags[contract.RUN_NAME] = name[:250]
         all_tags = {key: str(value) for key, value in all_tags.items()}  # the REST API takes strings only
-        run = client.create_run(experiment_id, tags=all_tags, run_name=all_tags["mlflow.runName"])
+        run = client.create_run(experiment_id, tags=all_tags, run_name=all_tags[contract.RUN_NAME])
         job_run = cls(client, run.info.run_id)
         job_run.log_params(flatten(cfg))
         return job_run
 
     def log_params(self, params: dict) -> None:
-        items = [Param(k, v[:6000]) for k, v in params.items()]
-        for start in range(0, len(items), PARAM_LIMIT):
-            self.client.log_batch(self.run_id, params=items[start:start + PARAM_LIMIT], synchronous=True)
+        """MlflowClient.log_batch splits them into requests the store accepts."""
+        self.client.log_batch(self.run_id, params=[Param(k, v[:6000]) for k, v in params.items()], synchronous=True)
 
     def set_tags(self, tags: dict) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -302,7 +203,7 @@ class JobRun:
         interrupted = isinstance(error, KeyboardInterrupt)
         try:
             self.metrics.flush()
-            self.set_tags({"error": _error_line(error), "outcome": "killed" if interrupted else "failed"})
+            self.set_tags({contract.ERROR: _error_line(error), contract.OUTCOME: "killed" if interrupted else "failed"})
             trace = job.output_dir / "traceback.txt"
             trace.write_text("".join(traceback.format_exception(error)))
             self.client.log_artifact(self.run_id, str(trace))
@@ -312,7 +213,7 @@ class JobRun:
 
     def finish(self, outcome: str) -> None:
         self.metrics.flush()
-        self.set_tags({"outcome": outcome, "diverged": str(outcome == "diverged").lower()})
+        self.set_tags({contract.OUTCOME: outcome, contract.DIVERGED: str(outcome == "diverged").lower()})
         self.client.set_terminated(self.run_id, "FINISHED")
 
 
@@ -320,7 +221,8 @@ class MetricBuffer:
     """Metrics collected as device tensors or floats and sent in batches at flush points.
 
     `add` never reads a device tensor (no host-device sync per step); `flush` copies every
-    pending tensor to the host in one transfer and sends BATCH_LIMIT metrics per call.
+    pending tensor to the host in one transfer and hands them all to one log_batch call
+    (MLflow splits it into requests of the size its store accepts).
     """
 
     def __init__(self, client, run_id):
@@ -339,7 +241,5 @@ class MetricBuffer:
         host = iter(torch.stack([t.detach().float().reshape(()) for t in tensors]).cpu().tolist()) if tensors else None
         rows = [(k, next(host) if isinstance(v, torch.Tensor) else float(v), s, t) for k, v, s, t in self.pending]
         self.pending = []
-        metrics = [Metric(k, v, t, s) for k, v, s, t in rows]
-        for start in range(0, len(metrics), BATCH_LIMIT):
-            self.client.log_batch(self.run_id, metrics=metrics[start:start + BATCH_LIMIT], synchronous=True)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, t, s) for k, v, s, t in rows], synchronous=True)
         return [(k, v, s) for k, v, s, _ in rows]

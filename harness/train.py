@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from harness import contract
 from harness.batches import Normalise, TrainBatches, eval_batches
 from harness.compute import Compute
 from harness.data import Splits
@@ -101,7 +102,7 @@ class TrainWindow:
 
     def take(self) -> dict:
         """The window's means (device tensors), then start a new window."""
-        means = {"train/loss": self.loss / self.steps, "train/acc": self.correct.float() / self.images}
+        means = {contract.TRAIN_LOSS: self.loss / self.steps, contract.TRAIN_ACC: self.correct.float() / self.images}
         self.__init__(self.loss.device)
         return means
 
@@ -139,29 +140,29 @@ def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext) -> Outco
                 step += 1
                 window.add(loss, logits, y)
                 if step % cfg_trainer.log_every == 0:
-                    metrics.add(step, {**window.take(), "lr": lr})
+                    metrics.add(step, {**window.take(), contract.LR: lr})
                     progress.update(epoch, epochs, step - epoch_start_step, epoch_steps)
         if window.steps:  # every epoch ends with a log point
-            metrics.add(step, {**window.take(), "lr": lr})
+            metrics.add(step, {**window.take(), contract.LR: lr})
 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         images_per_sec = epoch_steps * batches.batch_size / seconds
-        metrics.add(step, {"perf/epoch_time_s": seconds, "perf/images_per_sec": images_per_sec, "epoch": epoch})
+        metrics.add(step, {contract.EPOCH_TIME: seconds, contract.IMAGES_PER_SEC: images_per_sec, "epoch": epoch})
         if len(val_x) and (epoch % cfg_trainer.eval_every == 0 or step == total_steps):  # data.val_size=0: none
             val_loss, val_acc = evaluate(model, val_x, val_y, normalise, eval_batch, mixed)
-            metrics.add(step, {"val/loss": val_loss, "val/acc": val_acc})
+            metrics.add(step, {contract.VAL_LOSS: val_loss, contract.VAL_ACC: val_acc})
             metrics.add(step, probes.evaluate("val", step, val_x, val_y, normalise, eval_batch, mixed))
         progress.clear()
         final.update((key, value) for key, value, _ in metrics.flush())
         log.info("epoch %d/%d step %d: %s", epoch, epochs, step, _summary(final, images_per_sec))
-        if not math.isfinite(final["train/loss"]):
-            log.warning("training loss is %s at step %d: the run diverged, stopping", final["train/loss"], step)
+        if not math.isfinite(final[contract.TRAIN_LOSS]):
+            log.warning("training loss is %s at step %d: the run diverged, stopping", final[contract.TRAIN_LOSS], step)
             return Outcome("diverged", step, final)
 
     final.update(final_test(setup, step, eval_batch, metrics))
-    log.info("test: loss %.4f, accuracy %.4f", final["test/loss"], final["test/acc"])
+    log.info("test: loss %.4f, accuracy %.4f", final[contract.TEST_LOSS], final[contract.TEST_ACC])
     return Outcome("finished", step, final)
 
 
@@ -186,7 +187,7 @@ def final_test(setup: Setup, step: int, eval_batch: int, metrics) -> dict:
     device, probes, mixed = setup.device, setup.probes, setup.compute.autocast
     x, y = setup.splits.test_x.to(device), setup.splits.test_y.to(device)
     loss, accuracy = evaluate(setup.model, x, y, setup.normalise, eval_batch, mixed)
-    metrics.add(step, {"test/loss": loss, "test/acc": accuracy})
+    metrics.add(step, {contract.TEST_LOSS: loss, contract.TEST_ACC: accuracy})
     metrics.add(step, probes.evaluate("test", step, x, y, setup.normalise, eval_batch, mixed))
     for shift_step, curve_point in probes.shift_curve_metrics():
         metrics.add(shift_step, curve_point)

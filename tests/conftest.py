@@ -11,6 +11,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 
+def compose_config(*overrides):
+    """The config a job would get from these command-line overrides (schemas registered by harness.app)."""
+    import harness.app  # noqa: F401
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
 def run_cli(*args, runs_dir: Path, uri: str | None = None, timeout: int = 300, env: dict | None = None):
     """`python -m harness ARGS` in a subprocess, writing everything under runs_dir."""
     uri = uri or f"sqlite:///{runs_dir}/mlflow.db"
@@ -44,18 +53,17 @@ def recompute_test_metrics(uri: str, run) -> tuple:
     from mlflow.artifacts import download_artifacts
     from omegaconf import OmegaConf
 
-    from harness.data import load_dataset
-    from harness.models import CifarResNet
+    from harness.config import load_data, make_model
 
     config = OmegaConf.create(yaml.safe_load(open(download_artifacts(
         run_id=run.info.run_id, artifact_path="config_resolved.yaml", tracking_uri=uri))))
     weights = torch.load(download_artifacts(run_id=run.info.run_id, artifact_path="model/model_weights.pt",
                                             tracking_uri=uri))
-    splits = load_dataset(config.data)
+    splits = load_data(config.data)
     train = splits.train_x.numpy().astype(np.float64) / 255
     mean, std = train.mean(axis=(0, 2, 3)), train.std(axis=(0, 2, 3))
     x = (splits.test_x.numpy() / 255 - mean[None, :, None, None]) / std[None, :, None, None]
-    model = CifarResNet(int(config.model.depth), num_classes=splits.num_classes)
+    model = make_model(config.model, splits.num_classes, splits.in_channels)
     model.load_state_dict(weights)
     with torch.no_grad():
         logits = model.eval()(torch.tensor(x, dtype=torch.float32))

@@ -10,7 +10,7 @@ from PIL import Image
 
 from analysis import frames
 from analysis.figures import DPI, FIGSIZE
-from analysis.load import histories_frame, open_client, runs_frame, select_runs
+from analysis.load import histories_frame, layer_tables, open_client, runs_frame, select_runs
 
 from conftest import PROJECT_ROOT, run_cli
 
@@ -74,7 +74,8 @@ def test_grad_by_layer_frame_has_a_row_per_layer_per_step_per_run(depth_bn_store
     client = open_client(uri)
     selection = select_runs(client)
     runs = runs_frame(selection.runs)
-    layers = frames.grad_by_layer(histories_frame(client, uri, selection.runs), runs)
+    layers = frames.grad_by_layer(histories_frame(client, uri, selection.runs), runs,
+                                  layer_tables(client, selection.runs))
     for run in selection.runs:
         one = layers[layers["run_id"] == run.info.run_id]
         depth = int(run.data.params["model.depth"])
@@ -86,6 +87,7 @@ def test_grad_by_layer_frame_has_a_row_per_layer_per_step_per_run(depth_bn_store
             at_step = one[one["step"] == step]
             assert list(at_step["layer_index"]) == list(range(n_layers))
             assert at_step["layer"].iloc[0] == "stem.conv" and at_step["layer"].iloc[-1] == "fc"
+            assert at_step["module"].iloc[0] == "Conv2d" and at_step["module"].iloc[-1] == "Linear"
         value = one[(one["step"] == 0) & (one["layer_index"] == 0)]["value"].item()
         history = client.get_metric_history(run.info.run_id, "grad_norm/000_stem.conv")
         assert value == history[0].value

@@ -41,7 +41,8 @@ def test_depth_sweep_logs_one_parent_and_its_jobs(runs_dir):
     for num, run in enumerate(jobs):
         params, tags = run.data.params, run.data.tags
         assert run.info.status == "FINISHED"
-        assert params["data.name"] == "synthetic" and params["optim.name"] == "momentum"
+        assert tags["choice.data"] == "synthetic" and tags["choice.optim"] == "momentum"
+        assert params["optim._target_"] == "torch.optim.SGD" and params["optim.momentum"] == "0.9"
         assert tags["sweep_id"] == parent.data.tags["sweep_id"] and tags["job_num"] == str(num)
         assert f"model.depth={params['model.depth']}" in tags["overrides"]
         for key in ("git_commit", "host", "device", "torch_version"):
@@ -78,6 +79,7 @@ def check_probe_metrics(uri, client, run, steps):
     depth = int(run.data.params["model.depth"])
     assert len(layers) == 2 * (depth - 1) + 1  # each conv and its BN, then the classifier
     assert layers[0]["metric"] == "000_stem.conv" and layers[-1]["metric"] == f"{len(layers) - 1:03d}_fc"
+    assert [row["module"] for row in layers[:3]] == ["Conv2d", "BatchNorm2d", "Conv2d"]
     for row in layers:
         for kind in ("grad_norm", "weight_norm", "update_ratio"):
             assert f"{kind}/{row['metric']}" in run.data.metrics
@@ -102,7 +104,6 @@ def check_test_accuracy_independently(uri, run):
 @pytest.mark.parametrize("args, named", [
     (["model.depth=21"], "model.depth=21"),
     (["optim=foo"], "optim=foo"),
-    (["optim.name=foo"], "optim.name='foo'"),
     (["optim.lr=-1"], "optim.lr=-1"),
     (["data=cifar10", "data.download=false", "data.root=/nonexistent/cifar"], "/nonexistent/cifar"),
     (["data=imagefolder", "data.root=/nonexistent/images"], "/nonexistent/images"),
@@ -174,7 +175,7 @@ def test_hydra_cli_basics():
     help_text = harness("--help").stdout
     assert "optim: adam, adamw, fast, he2016, momentum, nesterov, rmsprop, sgd" in help_text
     job = yaml.safe_load(harness("--cfg", "job", "model.depth=56", "optim=adam").stdout)
-    assert job["model"]["depth"] == 56 and job["optim"]["name"] == "adam"
+    assert job["model"]["depth"] == 56 and job["optim"]["_target_"] == "torch.optim.Adam"
     assert "Hydra" in harness("--info").stdout
 
 

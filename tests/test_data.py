@@ -4,25 +4,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
-from harness.data import channel_stats, hold_out, load_dataset
-from harness.errors import ConfigError, DataError
+from harness.data import channel_stats, hold_out
+from harness.data.imagefolder import ImageFolder
+from harness.data.synthetic import Synthetic
+from harness.errors import DataError
 
 from conftest import SHARED_DATA
 
 
-def synthetic_cfg(**overrides):
-    cfg = dict(name="synthetic", num_classes=8, image_size=32, train_size=512, test_size=128,
-               val_size=64, seed=0, split_seed=0)
-    return OmegaConf.create({**cfg, **overrides})
+def synthetic(**overrides):
+    return Synthetic(**{"train_size": 512, "test_size": 128, "val_size": 64, **overrides}).load()
 
 
 def test_synthetic_is_deterministic_balanced_and_split():
-    a, b = load_dataset(synthetic_cfg()), load_dataset(synthetic_cfg())
+    a, b = synthetic(), synthetic()
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
-    assert not torch.equal(a.train_x, load_dataset(synthetic_cfg(seed=1)).train_x)
+    assert not torch.equal(a.train_x, synthetic(seed=1).train_x)
     assert (len(a.train_x), len(a.val_x), len(a.test_x)) == (448, 64, 128)
     counts = torch.bincount(torch.cat([a.train_y, a.val_y]), minlength=8)
     assert counts.tolist() == [64] * 8
@@ -30,7 +29,7 @@ def test_synthetic_is_deterministic_balanced_and_split():
 
 
 def test_synthetic_shapes_sit_at_varying_positions():
-    splits = load_dataset(synthetic_cfg())
+    splits = synthetic()
     # the centre of mass of the foreground varies: foreground differs from the background
     # colour (the mean of a corner patch) by at least 0.35 * 255 in each channel, noise by ~15
     x = splits.train_x.float()
@@ -48,8 +47,8 @@ def test_hold_out_is_disjoint_and_complete():
     assert sorted(ty.tolist() + vy.tolist()) == list(range(100))
     assert len(hold_out(x, y, 0.25, seed=0)[2]) == 25
     assert torch.equal(hold_out(x, y, 10, seed=0)[3], vy)
-    for bad in (100, -1, 1.5, "ten"):
-        with pytest.raises(ConfigError, match="data.val_size"):
+    for bad in (100, 150):
+        with pytest.raises(DataError, match=f"validation split of {bad} images leaves none of the 100"):
             hold_out(x, y, bad, seed=0)
 
 
@@ -75,15 +74,14 @@ def write_image_folder(root: Path, per_class=4, size=8):
     return written
 
 
-def folder_cfg(root, cache_dir, **overrides):
-    return OmegaConf.create({"name": "imagefolder", "root": str(root), "val_size": 0, "split_seed": 0,
-                             "cache_dir": str(cache_dir), **overrides})
+def image_folder(root, cache_dir):
+    return ImageFolder(str(root), str(cache_dir), val_size=0)
 
 
 def test_imagefolder_decodes_pngs_and_caches(tmp_path):
     written = write_image_folder(tmp_path / "images")
-    cfg = folder_cfg(tmp_path / "images", tmp_path / "cache")
-    splits = load_dataset(cfg)
+    source = image_folder(tmp_path / "images", tmp_path / "cache")
+    splits = source.load()
     assert splits.classes == ["cat", "dog", "emu"]
     assert splits.train_x.shape == (12, 3, 8, 8) and splits.test_x.shape == (12, 3, 8, 8)
     # test images keep file order: class dog (label 1), image 2 is test index 4 + 2
@@ -92,21 +90,19 @@ def test_imagefolder_decodes_pngs_and_caches(tmp_path):
     caches = list((tmp_path / "cache").glob("*.npz"))
     assert len(caches) == 1
     before = caches[0].stat().st_mtime_ns
-    load_dataset(cfg)
+    source.load()
     assert caches[0].stat().st_mtime_ns == before  # second load read the cache
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images/train/cat/9.png")
-    assert len(load_dataset(cfg).train_x) == 13  # a new file invalidates the cache
+    assert len(source.load().train_x) == 13  # a new file invalidates the cache
 
 
 def test_imagefolder_errors_name_the_problem(tmp_path):
     write_image_folder(tmp_path / "images")
     Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(tmp_path / "images/train/cat/odd.png")
     with pytest.raises(DataError, match="odd.png is 9x9"):
-        load_dataset(folder_cfg(tmp_path / "images", tmp_path / "cache"))
+        image_folder(tmp_path / "images", tmp_path / "cache").load()
     with pytest.raises(DataError, match="no train/ folder"):
-        load_dataset(folder_cfg(tmp_path / "missing", tmp_path / "cache"))
-    with pytest.raises(ConfigError, match="data.root"):
-        load_dataset(folder_cfg("", tmp_path / "cache"))
+        image_folder(tmp_path / "missing", tmp_path / "cache").load()
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg.tar.gz").is_file(), reason="../shared/data not present")
@@ -121,7 +117,7 @@ def test_imagefolder_reads_the_shared_cifar10_jpeg_copy(tmp_path):
     chosen = [n for folder in by_folder.values() for n in sorted(folder)[:20]]
     subprocess.run(["tar", "-xzf", str(SHARED_DATA / "cifar10-jpeg.tar.gz"), "-C", str(tmp_path), *chosen], check=True)
     root = tmp_path / Path(chosen[0]).parents[2]
-    splits = load_dataset(folder_cfg(root, tmp_path / "cache"))
+    splits = image_folder(root, tmp_path / "cache").load()
     assert splits.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     assert splits.train_x.shape == (200, 3, 32, 32) and splits.test_x.shape == (200, 3, 32, 32)
     assert 0.3 < splits.mean.mean().item() < 0.7  # natural images, not blank

@@ -6,7 +6,6 @@ Skipped where CUDA is not available (CI has no GPU); `.ci/gpu` runs them on the 
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from harness.app import build
 from harness.compute import resolve_precision
@@ -14,16 +13,11 @@ from harness.syncs import HostSyncs
 from harness.tracking import MetricBuffer, open_experiment
 from harness.train import train
 
-from conftest import PROJECT_ROOT, all_runs, recompute_test_metrics, run_cli
+from conftest import all_runs, compose_config, recompute_test_metrics, run_cli
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by .ci/gpu)")
 
 SMOKE = ["data=synthetic", "trainer=smoke", "model.depth=8", "trainer.device=cuda"]
-
-
-def compose_config(*overrides):
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 def jobs_by(runs, tag):

@@ -2,7 +2,6 @@ import pytest
 import torch
 from torch import nn
 
-from harness.errors import ConfigError
 from harness.models import CifarResNet, count_convs, count_parameters
 
 
@@ -21,13 +20,13 @@ def test_conv_layers_are_depth_minus_one(depth):
 
 
 @pytest.mark.parametrize("depth", [7, 9, 21, 0, -4, "20", 20.0, True])
-def test_depth_not_6n_plus_2_is_a_clear_error(depth):
-    with pytest.raises(ConfigError, match=rf"model.depth={depth!r}.*6n\+2"):
+def test_depth_not_6n_plus_2_is_refused(depth):
+    with pytest.raises(ValueError, match=rf"depth {depth!r} is not 6n \+ 2"):
         CifarResNet(depth)
 
 
 def _zero_last_branch_conv(model):
-    block = model.stages[0][0]
+    block = model.stage1.block1
     with torch.no_grad():
         block.conv2.weight.zero_()
         if block.conv2.bias is not None:
@@ -72,7 +71,7 @@ def test_batchnorm_false_has_no_batchnorm_and_conv_biases():
 
 def test_option_a_downsampling_zero_pads_channels():
     model = CifarResNet(8).eval()
-    shortcut = model.stages[1][0].shortcut
+    shortcut = model.stage2.block1.shortcut
     x = torch.randn(2, 16, 32, 32)
     out = shortcut(x)
     assert out.shape == (2, 32, 16, 16)
@@ -89,10 +88,10 @@ def test_fixup_starts_every_branch_and_the_classifier_at_zero():
     model = CifarResNet(20, batchnorm=False, init="fixup")
     x = torch.randn(2, 3, 32, 32)
     assert torch.count_nonzero(model(x)) == 0  # zero classifier: logits 0, uniform prediction
-    block = model.stages[1][1]
+    block = model.stage2.block2
     h = torch.relu(torch.randn(2, 32, 16, 16))
     assert torch.allclose(block(h), h)  # identity residual block at init
-    with pytest.raises(ConfigError, match="fixup"):
+    with pytest.raises(ValueError, match="Fixup"):
         CifarResNet(20, residual=False, init="fixup")
 
 

@@ -2,17 +2,17 @@
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
 from harness.app import build
 from harness.batches import Normalise
 from harness.models import CifarResNet
 from harness.probes import GradNorms, landscape_probe, shift_scores
+from harness.probes.grad_norms import layers_in_forward_order
 from harness.tracking import MetricBuffer, open_experiment
 from harness.train import train
 
-from conftest import PROJECT_ROOT
+from conftest import compose_config
 
 
 def forward_order(model, x):
@@ -31,7 +31,7 @@ def test_grad_norms_match_per_parameter_norms_in_forward_order():
     model = CifarResNet(8, shortcut="B")
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     F.cross_entropy(model(x), y).backward()
-    probe = GradNorms(model, every=1, dense=0)
+    probe = GradNorms(model, x[:2], every=1, dense=0)
     metrics = probe.after_backward(0)
 
     modules = forward_order(model, x)
@@ -50,7 +50,7 @@ def test_update_ratio_is_the_relative_change_of_each_layer():
     torch.manual_seed(0)
     model = CifarResNet(8)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    probe = GradNorms(model, every=1, dense=0)
+    probe = GradNorms(model, torch.randn(2, 3, 32, 32), every=1, dense=0)
     F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([1, 2, 3, 4])).backward()
     before = {id(m): [p.detach().clone() for p in m.parameters(recurse=False)] for _, m in probe.layers}
     probe.after_backward(0)
@@ -66,9 +66,39 @@ def test_update_ratio_is_the_relative_change_of_each_layer():
 
 
 def test_grad_norm_schedule_logs_init_dense_then_sparse():
-    probe = GradNorms(CifarResNet(8), every=50, dense=5)
+    example = torch.randn(2, 3, 32, 32)
+    probe = GradNorms(CifarResNet(8), example, every=50, dense=5)
     assert [s for s in range(201) if probe.due(s)] == [0, 1, 2, 3, 4, 50, 100, 150, 200]
-    assert not any(GradNorms(CifarResNet(8), every=0, dense=5).due(s) for s in range(10))
+    assert not any(GradNorms(CifarResNet(8), example, every=0, dense=5).due(s) for s in range(10))
+
+
+class WithGate(CifarResNet):
+    """A model that adds a module with parameters between the stages: no list to update."""
+
+    def __init__(self):
+        super().__init__(8)
+        self.gate = nn.Conv2d(32, 32, 1)
+
+    def forward(self, x):
+        x = nn.functional.relu(self.stem(x))
+        x = self.stage2(self.stage1(x))
+        x = self.stage3(self.gate(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_a_module_a_model_adds_is_a_layer_in_its_forward_place():
+    torch.manual_seed(0)
+    model = WithGate()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    names = [name for name, _ in layers_in_forward_order(model, x[:2])]
+    assert names.index("stage2.block1.bn2") < names.index("gate") < names.index("stage3.block1.conv1")
+    assert model.training  # the discovery pass leaves the mode as it found it
+    F.cross_entropy(model(x), y).backward()
+    probe = GradNorms(model, x[:2], every=1, dense=0)
+    metrics = probe.after_backward(0)
+    gate = next(key for key in metrics if key.endswith("_gate"))
+    assert torch.allclose(metrics[gate], torch.sqrt(model.gate.weight.grad.norm() ** 2 + model.gate.bias.grad.norm() ** 2))
+    assert "gate,Conv2d,1056" in probe.layer_table()
 
 
 class CircularInvariant(nn.Module):
@@ -156,16 +186,9 @@ def test_landscape_probe_is_zero_at_eta_zero_and_restores_everything():
 
 
 def trained_weights(tmp_path, landscape_every):
-    cfg = OmegaConf.load(PROJECT_ROOT / "conf" / "config.yaml")
-    for group, choice in [("model", "resnet"), ("data", "synthetic"), ("augment", "crop_flip"), ("optim", "momentum"),
-                          ("schedule", "cosine"), ("probes", "default")]:
-        cfg[group] = OmegaConf.load(PROJECT_ROOT / "conf" / group / f"{choice}.yaml")
-    cfg.trainer = OmegaConf.load(PROJECT_ROOT / "conf" / "trainer" / "smoke.yaml").trainer
-    cfg.model.depth = 8
-    cfg.data.train_size, cfg.data.test_size, cfg.data.val_size = 512, 64, 64
-    cfg.trainer.device, cfg.trainer.steps = "cpu", 6
-    cfg.probes.landscape.every = landscape_every
-    cfg.probes.shift.images = 0
+    cfg = compose_config("data=synthetic", "trainer=smoke", "model.depth=8", "data.train_size=512", "data.test_size=64",
+                         "data.val_size=64", "trainer.device=cpu", "trainer.steps=6",
+                         f"probes.landscape.every={landscape_every}", "probes.shift.images=0", f"paths.runs={tmp_path}")
     setup = build(cfg)
     client, experiment_id = open_experiment(f"sqlite:///{tmp_path}/l.db", "landscape")
     buffer = MetricBuffer(client, client.create_run(experiment_id).info.run_id)

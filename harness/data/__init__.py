@@ -1,16 +1,15 @@
 """Datasets as uint8 tensors: train/val/test splits and the training set's channel statistics.
 
-Each dataset module returns full-size uint8 arrays (N, C, H, W) and int64 labels; this
-module holds out the validation split and computes the normalisation from what is left.
+Each dataset is a DataSource whose `read()` returns full-size uint8 arrays (N, C, H, W) and
+int64 labels; `load()` holds out the validation split and computes the normalisation from
+what is left. A new dataset is a DataSource subclass and a YAML file in conf/data/.
 """
 
 from dataclasses import dataclass
 
 import torch
 
-from harness.errors import ConfigError
-
-DATASETS = ("cifar10", "synthetic", "imagefolder")
+from harness.errors import DataError
 
 
 @dataclass
@@ -33,33 +32,37 @@ class Splits:
     def in_channels(self) -> int:
         return self.train_x.shape[1]
 
-
-def load_dataset(cfg_data) -> Splits:
-    """The dataset named by `data.name`, split and with its normalisation statistics."""
-    name = cfg_data.name
-    if name == "cifar10":
-        from harness.data.cifar10 import load_cifar10 as load
-    elif name == "synthetic":
-        from harness.data.synthetic import load_synthetic as load
-    elif name == "imagefolder":
-        from harness.data.imagefolder import load_imagefolder as load
-    else:
-        raise ConfigError(f"data.name={name!r} is not one of {', '.join(DATASETS)}")
-    train_x, train_y, test_x, test_y, classes = load(cfg_data)
-    train_x, train_y, val_x, val_y = hold_out(train_x, train_y, cfg_data.val_size, cfg_data.split_seed)
-    mean, std = channel_stats(train_x)
-    return Splits(train_x, train_y, val_x, val_y, test_x, test_y, list(classes), mean, std)
+    @property
+    def image_size(self) -> int:
+        return self.train_x.shape[-1]
 
 
-def hold_out(x, y, val_size, seed):
+class DataSource:
+    """val_size: a count of training images held out for validation, or a fraction of them
+    below 1; split_seed fixes which, independently of the training seed."""
+
+    IMAGE_SIZE = None  # the images' side in pixels, where it is known before reading
+
+    def __init__(self, val_size: float = 0, split_seed: int = 0):
+        self.val_size, self.split_seed = val_size, split_seed
+
+    def read(self):
+        """(train_x, train_y, test_x, test_y, classes)"""
+        raise NotImplementedError
+
+    def load(self) -> Splits:
+        train_x, train_y, test_x, test_y, classes = self.read()
+        train_x, train_y, val_x, val_y = hold_out(train_x, train_y, self.val_size, self.split_seed)
+        mean, std = channel_stats(train_x)
+        return Splits(train_x, train_y, val_x, val_y, test_x, test_y, list(classes), mean, std)
+
+
+def hold_out(x, y, val_size: float, seed: int):
     """Split off a random validation set: `val_size` images, or that fraction if below 1."""
     n = len(x)
-    count = round(val_size * n) if isinstance(val_size, float) and 0 < val_size < 1 else val_size
-    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < n:
-        raise ConfigError(
-            f"data.val_size={val_size!r} must be a count in [0, {n - 1}] or a fraction in (0, 1) "
-            f"of the {n} training images"
-        )
+    count = round(val_size * n) if 0 < val_size < 1 else int(val_size)
+    if not 0 <= count < n:
+        raise DataError(f"the validation split of {val_size:g} images leaves none of the {n} training images to train on")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val, train = order[:count], order[count:]
     return x[train], y[train], x[val], y[val]

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.data import DataSource
 from harness.errors import DataError
 from harness.files import folder_lock
 
@@ -30,9 +31,19 @@ TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
 
 
-def load_cifar10(cfg_data):
-    folder = ensure_cifar10(Path(cfg_data.root), cfg_data.url, cfg_data.md5, cfg_data.download)
-    return read_cifar10(folder)
+class Cifar10(DataSource):
+    """root holds `cifar-10-batches-py/` or `cifar-10-python.tar.gz`; otherwise the archive is
+    downloaded from url (if download) and checked against md5."""
+
+    IMAGE_SIZE = 32
+
+    def __init__(self, root: str, url: str, md5: str, download: bool = True, val_size: float = 0,
+                 split_seed: int = 0):
+        super().__init__(val_size, split_seed)
+        self.root, self.url, self.md5, self.download = Path(root), url, md5, download
+
+    def read(self):
+        return read_cifar10(ensure_cifar10(self.root, self.url, self.md5, self.download))
 
 
 def read_cifar10(folder: Path):
@@ -70,7 +81,7 @@ def ensure_cifar10(root: Path, url: str, md5: str, download: bool) -> Path:
     if folder.is_dir():
         return folder
     if not download and not (root / ARCHIVE).is_file():
-        raise DataError(_missing_message(root, "data.download=false"))
+        raise DataError(_missing_message(root, "downloads are off"))
     with folder_lock(root):  # the jobs of a parallel sweep: one downloads, the rest wait
         if not folder.is_dir():
             _download_and_extract(root, url, md5)
@@ -91,8 +102,8 @@ def _download_and_extract(root: Path, url: str, md5: str) -> None:
 
 def _missing_message(root: Path, reason: str) -> str:
     return (
-        f"CIFAR-10 not found in {root} ({reason}): put {ARCHIVE} or its extracted {FOLDER}/ there "
-        f"(or set data.root=DIR), or run offline with data=synthetic"
+        f"CIFAR-10 not found in {root} ({reason}): put {ARCHIVE} or its extracted {FOLDER}/ there, "
+        "or choose another folder or dataset"
     )
 
 

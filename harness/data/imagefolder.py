@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.errors import ConfigError, DataError
+from harness.data import DataSource
+from harness.errors import DataError
 from harness.files import folder_lock
 
 log = logging.getLogger(__name__)
@@ -21,16 +22,25 @@ log = logging.getLogger(__name__)
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp"}
 
 
-def load_imagefolder(cfg_data):
-    if not cfg_data.root:
-        raise ConfigError("data.root is not set: data=imagefolder needs data.root=DIR holding train/<class>/ and test/<class>/")
-    root = Path(cfg_data.root).expanduser().resolve()
+class ImageFolder(DataSource):
+    """root/train/<class>/ and root/test/<class>/ images, all one size; decoded arrays are
+    cached in cache_dir."""
+
+    def __init__(self, root: str, cache_dir: str, val_size: float = 0.1, split_seed: int = 0):
+        super().__init__(val_size, split_seed)
+        self.root, self.cache_dir = Path(root).expanduser().resolve(), Path(cache_dir)
+
+    def read(self):
+        return read_imagefolder(self.root, self.cache_dir)
+
+
+def read_imagefolder(root: Path, cache_dir: Path):
     files = {split: _list_split(root, split) for split in ("train", "test")}
     classes = sorted(files["train"])
     unknown = sorted(set(files["test"]) - set(classes))
     if unknown:
         raise DataError(f"{root}/test has classes not in {root}/train: {', '.join(unknown)}")
-    cache = Path(cfg_data.cache_dir) / f"imagefolder-{_key(root)}.npz"
+    cache = cache_dir / f"imagefolder-{_key(root)}.npz"
     fingerprint = _fingerprint(files)
     with folder_lock(cache.parent):  # the jobs of a parallel sweep: one decodes, the rest wait
         arrays = _read_cache(cache, fingerprint)
@@ -48,7 +58,7 @@ def load_imagefolder(cfg_data):
 def _list_split(root: Path, split: str) -> dict:
     folder = root / split
     if not folder.is_dir():
-        raise DataError(f"data.root={root} has no {split}/ folder: expected {split}/<class>/*.png|jpg")
+        raise DataError(f"{root} has no {split}/ folder: expected {split}/<class>/*.png|jpg")
     files = {}
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         images = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in EXTENSIONS)

@@ -6,21 +6,26 @@ translation. Deterministic from `data.seed`; a CPU trains a ResNet-8 on it in se
 import numpy as np
 import torch
 
-from harness.errors import ConfigError
+from harness.data import DataSource
 
 CLASSES = ("square", "disc", "plus", "ring", "hstripes", "vstripes", "checker", "cross")
 
 
-def load_synthetic(cfg_data):
-    k = cfg_data.num_classes
-    if not isinstance(k, int) or not 2 <= k <= len(CLASSES):
-        raise ConfigError(f"data.num_classes={k!r} must be an integer in [2, {len(CLASSES)}] for data=synthetic")
-    if cfg_data.image_size < 12:
-        raise ConfigError(f"data.image_size={cfg_data.image_size!r} must be at least 12 pixels")
-    rng = np.random.default_rng(cfg_data.seed)
-    train_x, train_y = make_images(rng, cfg_data.train_size, cfg_data.image_size, k)
-    test_x, test_y = make_images(rng, cfg_data.test_size, cfg_data.image_size, k)
-    return train_x, train_y, test_x, test_y, list(CLASSES[:k])
+class Synthetic(DataSource):
+    def __init__(self, num_classes: int = 8, image_size: int = 32, train_size: int = 4096, test_size: int = 1024,
+                 seed: int = 0, val_size: float = 0, split_seed: int = 0):
+        super().__init__(val_size, split_seed)
+        if not 2 <= num_classes <= len(CLASSES) or image_size < 12:
+            raise ValueError(f"{num_classes} classes of {image_size}-pixel images: at most {len(CLASSES)}, "
+                             "at least 12 pixels")
+        self.num_classes, self.image_size, self.seed = num_classes, image_size, seed
+        self.train_size, self.test_size = train_size, test_size
+
+    def read(self):
+        rng = np.random.default_rng(self.seed)
+        train_x, train_y = make_images(rng, self.train_size, self.image_size, self.num_classes)
+        test_x, test_y = make_images(rng, self.test_size, self.image_size, self.num_classes)
+        return train_x, train_y, test_x, test_y, list(CLASSES[:self.num_classes])
 
 
 def make_images(rng: np.random.Generator, n: int, size: int, num_classes: int):

@@ -8,21 +8,20 @@ Every value is a device tensor; the metric buffer reads them at its next flush.
 
 import csv
 import io
-import math
 from contextlib import nullcontext
 
-from harness.errors import ConfigError
+from harness import contract
 from harness.probes.grad_norms import GradNorms
 from harness.probes.landscape import landscape_probe
-from harness.probes.shift import MODES, shift_scores
+from harness.probes.shift import shift_scores
 
 
 class Probes:
-    def __init__(self, cfg_probes, model):
-        check_config(cfg_probes)
+    def __init__(self, cfg_probes, model, example):
+        """example: a normalised input batch, to find the layers in forward order."""
         self.cfg = cfg_probes
         self.model = model
-        self.grad_norms = GradNorms(model, cfg_probes.grad_every, cfg_probes.grad_dense)
+        self.grad_norms = GradNorms(model, example, cfg_probes.grad_every, cfg_probes.grad_dense)
         self.shift_curves = []  # (split, step, accuracy per dx) for the CSV artifact
 
     def after_backward(self, step: int, loss_fn, lr: float) -> dict:
@@ -54,7 +53,7 @@ class Probes:
         if not self.shift_curves:
             return []
         _, _, accuracy_at = self.shift_curves[-1]
-        return [(i, {"shift/acc_dx": accuracy_at[i]}) for i in range(len(accuracy_at))]
+        return [(i, {contract.SHIFT_ACC_DX: accuracy_at[i]}) for i in range(len(accuracy_at))]
 
     def layer_table(self) -> str:
         return self.grad_norms.layer_table()
@@ -71,19 +70,3 @@ class Probes:
                 writer.writerow([split, step, i - self.cfg.shift.max, f"{accuracy:.6f}"])
         return out.getvalue()
 
-
-def check_config(cfg) -> None:
-    def whole(key, value, minimum=0):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"probes.{key}={value!r} must be an integer >= {minimum}")
-
-    whole("grad_every", cfg.grad_every)
-    whole("grad_dense", cfg.grad_dense)
-    whole("shift.max", cfg.shift.max)
-    whole("shift.images", cfg.shift.images)
-    whole("landscape.every", cfg.landscape.every)
-    if cfg.shift.mode not in MODES:
-        raise ConfigError(f"probes.shift.mode={cfg.shift.mode!r} is not one of {', '.join(MODES)}")
-    etas = list(cfg.landscape.etas)
-    if not etas or not all(isinstance(e, (int, float)) and math.isfinite(e) and e >= 0 for e in etas):
-        raise ConfigError(f"probes.landscape.etas={etas!r} must be a non-empty list of numbers >= 0 (multiples of the lr)")

@@ -1,8 +1,10 @@
 """Per-layer gradient norms, weight norms and relative update sizes, computed on the device.
 
-A layer is every module with weights (each conv, each linear, each BatchNorm's affine pair),
-in forward order; its norm is over all of its own parameters. Norms come from fused
-`torch._foreach_norm` calls and stay on the device until the metric buffer is flushed.
+A layer is every module with parameters of its own (each conv, each linear, each BatchNorm's
+affine pair, a block's own scalars), in the order a forward pass first calls it, found from
+the module tree with hooks: a module a model adds shows up without any list to keep. Its
+norm is over all of its own parameters. Norms come from fused `torch._foreach_norm` calls
+and stay on the device until the metric buffer is flushed.
 """
 
 import csv
@@ -10,17 +12,40 @@ import io
 
 import torch
 
+from harness import contract
+
+
+def layers_in_forward_order(model: torch.nn.Module, example: torch.Tensor) -> list:
+    """[(module path, module)] of every module with parameters of its own, in the order a forward
+    pass over `example` first calls it (modules it never calls come last, in tree order).
+    The pass runs in eval mode without gradients, so BatchNorm statistics stay as they were."""
+    owners = [(name or "model", m) for name, m in model.named_modules() if any(True for _ in m.parameters(False))]
+    order = {}
+
+    def first_call(module, args):  # returns None: a pre-hook's return value would replace the input
+        order.setdefault(id(module), len(order))
+
+    hooks = [m.register_forward_pre_hook(first_call) for _, m in owners]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return sorted(owners, key=lambda item: order.get(id(item[1]), len(owners)))
+
 
 class GradNorms:
-    def __init__(self, model, every: int, dense: int):
+    def __init__(self, model, example: torch.Tensor, every: int, dense: int):
         self.every, self.dense = every, dense
-        self.layers = model.layers()
+        self.layers = layers_in_forward_order(model, example)
         self.names = [f"{i:03d}_{name}" for i, (name, _) in enumerate(self.layers)]
         self.params = [p for _, m in self.layers for p in m.parameters(recurse=False)]
-        device = self.params[0].device
         self.layer_of_param = torch.tensor(
-            [i for i, (_, m) in enumerate(self.layers) for _ in m.parameters(recurse=False)], device=device)
-        self.all_params = list(model.parameters())  # the total also counts parameters outside layers
+            [i for i, (_, m) in enumerate(self.layers) for _ in m.parameters(recurse=False)],
+            device=self.params[0].device)
         self.weights_before = None
 
     def due(self, step: int) -> bool:
@@ -38,10 +63,9 @@ class GradNorms:
             return {}
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         norms = self._per_layer(grads)
-        total = torch.stack(torch._foreach_norm([p.grad for p in self.all_params if p.grad is not None])).norm()
         self.weights_before = torch._foreach_mul([p.detach() for p in self.params], 1.0)  # a copy
-        metrics = {f"grad_norm/{name}": norms[i] for i, name in enumerate(self.names)}
-        metrics["grad_norm/total"] = total
+        metrics = {contract.GRAD_NORM + name: norms[i] for i, name in enumerate(self.names)}
+        metrics[contract.GRAD_NORM_TOTAL] = norms.square().sum().sqrt()  # every parameter belongs to one layer
         return metrics
 
     @torch.no_grad()
@@ -52,19 +76,16 @@ class GradNorms:
         change = self._per_layer(torch._foreach_sub([p.detach() for p in self.params], before))
         weight = self._per_layer(before)
         ratio = change / weight.clamp_min(1e-12)
-        metrics = {f"weight_norm/{name}": weight[i] for i, name in enumerate(self.names)}
-        metrics.update({f"update_ratio/{name}": ratio[i] for i, name in enumerate(self.names)})
+        metrics = {contract.WEIGHT_NORM + name: weight[i] for i, name in enumerate(self.names)}
+        metrics.update({contract.UPDATE_RATIO + name: ratio[i] for i, name in enumerate(self.names)})
         return metrics
 
     def layer_table(self) -> str:
-        """CSV: index, metric suffix, layer name, stage, block, module type, parameter count."""
+        """CSV: index, metric suffix, module path, module type, parameter count."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["index", "metric", "layer", "stage", "block", "module", "parameters"])
+        writer.writerow(["index", "metric", "layer", "module", "parameters"])
         for i, ((name, module), metric) in enumerate(zip(self.layers, self.names)):
-            parts = name.split(".")
-            stage = int(parts[0][5:]) if parts[0].startswith("stage") else (0 if parts[0] == "stem" else 4)
-            block = int(parts[1][5:]) if len(parts) > 1 and parts[1].startswith("block") else ""
-            writer.writerow([i, metric, name, stage, block, type(module).__name__,
+            writer.writerow([i, metric, name, type(module).__name__,
                              sum(p.numel() for p in module.parameters(recurse=False))])
         return out.getvalue()

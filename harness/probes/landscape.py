@@ -9,6 +9,8 @@ back exactly, so training continues as if the probe had not run.
 
 import torch
 
+from harness import contract
+
 
 @torch.no_grad()
 def _global_norm(tensors) -> torch.Tensor:
@@ -53,6 +55,6 @@ def landscape_probe(model, loss_fn, etas) -> dict:
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
     losses = torch.stack(losses)
-    return {"landscape/loss_variation": losses.max() - losses.min(),
-            "landscape/grad_predictiveness": torch.stack(differences).max(),
-            "landscape/beta_smoothness": torch.stack(smoothness).max()}
+    return {contract.LANDSCAPE_LOSS_VARIATION: losses.max() - losses.min(),
+            contract.LANDSCAPE_GRAD_PREDICTIVENESS: torch.stack(differences).max(),
+            contract.LANDSCAPE_BETA_SMOOTHNESS: torch.stack(smoothness).max()}

@@ -10,13 +10,21 @@ the content and fills the uncovered border with zeros (as crop augmentation pads
 """
 
 from contextlib import nullcontext
+from enum import Enum
 
 import torch
 
+from harness import contract
 from harness.augment import translate
 from harness.batches import eval_batches
 
-MODES = {"circular": "circular", "translate": "zero"}
+
+class ShiftMode(str, Enum):
+    circular = "circular"  # roll: content leaving one side enters the other
+    translate = "translate"  # move the content, zero-fill the uncovered border
+
+
+FILL = {ShiftMode.circular: "circular", ShiftMode.translate: "zero"}
 
 
 @torch.inference_mode()
@@ -29,7 +37,7 @@ def shift_scores(model, x, y, normalise, max_shift: int, mode: str, batch_size: 
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    fill = MODES[mode]
+    fill = FILL[ShiftMode(mode)]
 
     def logits_of(images, dy, dx):
         if not isinstance(dy, torch.Tensor):
@@ -59,6 +67,6 @@ def shift_scores(model, x, y, normalise, max_shift: int, mode: str, batch_size: 
             correct_at[i] += (pred == yb).sum()
     model.train(was_training)
     n = len(x)
-    scores = {"shift_consistency": agree / n, "shift_instability_1px": changed / n,
-              "shift_prob_change_1px": prob_change / n}
+    scores = {contract.SHIFT_CONSISTENCY: agree / n, contract.SHIFT_INSTABILITY: changed / n,
+              contract.SHIFT_PROB_CHANGE: prob_change / n}
     return scores, correct_at / n if curve else None

@@ -1,0 +1,461 @@
+"""The config schema: one dataclass per config group, registered in Hydra's ConfigStore.
+
+Each group's YAML extends its schema (`defaults: [/schema/<group>/<name>@_here_, _self_]`),
+so OmegaConf checks types while Hydra composes the config: `model.batchnorm=no` is False,
+`model.batchnorm=maybe` and `model.width=abc` are refused. `validate(cfg)` checks what types
+cannot say (6n+2 depths, ranges, sizes against the image). `one_line(error)` turns Hydra's
+and OmegaConf's composition errors into the harness's one-line form.
+
+Model, data, optimiser and schedule nodes carry `_target_` and are built with
+`hydra.utils.instantiate`: a new optimiser from torch.optim is one YAML file in conf/optim/.
+"""
+
+import math
+import urllib.parse
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any, List, Optional
+
+import torch
+from hydra.core.config_store import ConfigStore
+from hydra.errors import (ConfigCompositionException, InstantiationException, MissingConfigException,
+                          OverrideParseException)
+from hydra.utils import instantiate
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from harness.compute import COMPILE_CHOICES, Precision
+from harness.errors import ConfigError
+from harness.models import Init, Shortcut, blocks_per_stage
+from harness.probes.shift import ShiftMode
+
+# ---------------------------------------------------------------- the schemas
+
+
+@dataclass
+class ResNetConfig:
+    _target_: str = "harness.models.CifarResNet"
+    depth: int = 20  # 6n + 2
+    residual: bool = True
+    batchnorm: bool = True
+    width: float = 1.0
+    shortcut: Shortcut = Shortcut.A
+    init: Init = Init.kaiming
+
+
+@dataclass
+class DataConfig:
+    _target_: str = MISSING
+    val_size: float = 0  # a count of training images, or a fraction of them below 1
+    split_seed: int = 0
+
+
+@dataclass
+class Cifar10Config(DataConfig):
+    _target_: str = "harness.data.cifar10.Cifar10"
+    root: str = MISSING
+    download: bool = True
+    url: str = MISSING
+    md5: str = MISSING
+
+
+@dataclass
+class SyntheticConfig(DataConfig):
+    _target_: str = "harness.data.synthetic.Synthetic"
+    num_classes: int = 8
+    image_size: int = 32
+    train_size: int = 4096
+    test_size: int = 1024
+    seed: int = 0
+
+
+@dataclass
+class ImageFolderConfig(DataConfig):
+    _target_: str = "harness.data.imagefolder.ImageFolder"
+    root: Optional[str] = None
+    cache_dir: str = MISSING
+
+
+@dataclass
+class AugmentConfig:
+    flip: bool = False
+    crop: bool = False
+    pad: int = 4
+
+
+@dataclass
+class OptimConfig:
+    """What every optimiser config has; `_partial_`: the parameters are passed in later."""
+
+    _target_: str = MISSING
+    _partial_: bool = True
+    lr: float = MISSING
+    weight_decay: float = 0.0
+    decay_norm_and_bias: bool = False  # the harness's own: not passed to the optimiser
+
+
+@dataclass
+class SGDConfig(OptimConfig):
+    _target_: str = "torch.optim.SGD"
+    momentum: float = 0.0
+    nesterov: bool = False
+
+
+@dataclass
+class AdamConfig(OptimConfig):
+    _target_: str = "torch.optim.Adam"
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class RMSpropConfig(OptimConfig):
+    _target_: str = "torch.optim.RMSprop"
+    alpha: float = 0.99
+    eps: float = 1e-8
+    momentum: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:
+    _target_: str = MISSING
+    warmup: float = 0.0  # fraction of training with a linear ramp from 0
+
+
+@dataclass
+class ConstantConfig(ScheduleConfig):
+    _target_: str = "harness.optim.Constant"
+
+
+@dataclass
+class StepConfig(ScheduleConfig):
+    _target_: str = "harness.optim.Step"
+    milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = 0.1
+
+
+@dataclass
+class CosineConfig(ScheduleConfig):
+    _target_: str = "harness.optim.Cosine"
+    final: float = 0.0
+
+
+@dataclass
+class OneCycleConfig(ScheduleConfig):
+    _target_: str = "harness.optim.OneCycle"
+    peak: float = 0.25
+    start: float = 0.04
+    final: float = 0.0
+
+
+@dataclass
+class ShiftProbeConfig:
+    max: int = 4
+    mode: ShiftMode = ShiftMode.circular
+    images: int = 500
+    seed: int = 0
+
+
+@dataclass
+class LandscapeProbeConfig:
+    every: int = 0
+    etas: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
+
+
+@dataclass
+class ProbesConfig:
+    grad_every: int = 50
+    grad_dense: int = 20
+    shift: ShiftProbeConfig = field(default_factory=ShiftProbeConfig)
+    landscape: LandscapeProbeConfig = field(default_factory=LandscapeProbeConfig)
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 30
+    steps: Optional[int] = None
+    batch_size: int = 128
+    device: str = "auto"
+    seed: int = 0
+    precision: Precision = Precision.auto
+    channels_last: bool = True
+    compile: str = "auto"  # auto, true, false or a torch.compile mode
+    threads: str = "auto"  # auto or a count
+    eval_every: int = 1
+    log_every: int = 50
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = MISSING
+    experiment: str = "harness"
+
+
+SCHEMAS = {
+    "model": {"resnet": ResNetConfig},
+    "data": {"cifar10": Cifar10Config, "synthetic": SyntheticConfig, "imagefolder": ImageFolderConfig},
+    "augment": {"augment": AugmentConfig},
+    "optim": {"sgd": SGDConfig, "adam": AdamConfig, "rmsprop": RMSpropConfig},
+    "schedule": {"constant": ConstantConfig, "step": StepConfig, "cosine": CosineConfig, "onecycle": OneCycleConfig},
+    "probes": {"probes": ProbesConfig},
+    "trainer": {"trainer": TrainerConfig},
+    "tracking": {"tracking": TrackingConfig},
+}
+
+
+def register() -> None:
+    """Put the schemas where the YAML files find them: /schema/<group>/<name>."""
+    store = ConfigStore.instance()
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            store.store(group=f"schema/{group}", name=name, node=node)
+
+
+register()
+
+# ---------------------------------------------------------------- rules types cannot express
+
+
+def validate(cfg, image_size: int | None = None) -> None:
+    """Raise ConfigError naming the first bad value, its key and what is allowed.
+
+    image_size: the images' side in pixels where the dataset says it before it is read
+    (generated data, CIFAR-10); shifts and crops are checked against it.
+    """
+    image_size = image_size or declared_image_size(cfg.data)
+    for group in SCHEMAS:
+        _check_known_keys(cfg[group])
+    _check_model(cfg.model)
+    _check_data(cfg.data)
+    _check_augment(cfg.augment, image_size)
+    _check_optim(cfg.optim)
+    _check_schedule(cfg.schedule)
+    _check_probes(cfg.probes, image_size)
+    _check_trainer(cfg.trainer)
+    _check_tracking(cfg.tracking)
+
+
+def declared_image_size(cfg_data) -> int | None:
+    return getattr(_target(cfg_data), "IMAGE_SIZE", None) or cfg_data.get("image_size")
+
+
+def _target(node):
+    from hydra._internal.utils import _locate
+
+    try:
+        return _locate(node._target_)
+    except ImportError as e:
+        raise ConfigError(f"{node._get_full_key('_target_')}={node._target_!r} cannot be imported: {e}") from None
+
+
+def _fail(node, key: str, allowed: str):
+    value = node[key]
+    shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    shown = shown.value if isinstance(shown, Enum) else shown
+    raise ConfigError(f"{node._get_full_key(key)}={shown!r} {allowed}")
+
+
+def _at_least(node, key, minimum, allowed=None):
+    if node[key] < minimum:
+        _fail(node, key, allowed or f"must be at least {minimum}")
+
+
+def _fraction(node, key, low_open=False, high_open=True):
+    value = node[key]
+    low_ok = value > 0 if low_open else value >= 0
+    high_ok = value < 1 if high_open else value <= 1
+    if not (low_ok and high_ok):
+        _fail(node, key, f"must be in {'(' if low_open else '['}0, 1{')' if high_open else ']'}")
+
+
+def _check_known_keys(node):
+    """`+model.bar=1` adds a key even to a typed node: refuse keys its schema does not have."""
+    schema = OmegaConf.get_type(node)
+    if not hasattr(schema, "__dataclass_fields__"):
+        return  # a config without a schema (a user's optimiser file): its class will say
+    allowed = [f.name for f in fields(schema)]
+    for key in node:
+        if key not in allowed:
+            raise ConfigError(f"{node._get_full_key(key)} is not a key of {schema.__name__}: use one of "
+                              f"{', '.join(k for k in allowed if not k.startswith('_'))}")
+        if OmegaConf.is_dict(node[key]):
+            _check_known_keys(node[key])
+
+
+def _check_model(m):
+    if OmegaConf.get_type(m) is not ResNetConfig:
+        return  # another model family: its constructor checks its arguments (see make_model)
+    try:
+        blocks_per_stage(m.depth)
+    except ValueError:
+        _fail(m, "depth", "is not a CIFAR ResNet depth: use 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)")
+    if not m.width > 0 or round(16 * m.width) < 1:
+        _fail(m, "width", "must be a positive number with at least 1 filter in the first stage (width >= 0.04)")
+    if m.init == Init.fixup and not m.residual:
+        _fail(m, "init", "needs model.residual=true (Fixup zero-initialises residual branches)")
+
+
+def _check_data(d):
+    if d.val_size < 0 or (d.val_size >= 1 and d.val_size != int(d.val_size)):
+        _fail(d, "val_size", "must be a count of training images or a fraction in (0, 1)")
+    if "image_size" in d and not 12 <= d.image_size <= 256:
+        _fail(d, "image_size", "must be between 12 and 256 pixels")
+    for key in ("train_size", "test_size"):
+        if key in d:
+            _at_least(d, key, 1)
+    if "num_classes" in d and not 2 <= d.num_classes <= 8:
+        _fail(d, "num_classes", "must be between 2 and 8 (the generated shapes)")
+    if "train_size" in d and d.val_size >= 1 and d.val_size >= d.train_size:
+        _fail(d, "val_size", f"must be smaller than data.train_size={d.train_size}")
+    if "url" in d:
+        url = urllib.parse.urlparse(d.url)
+        if url.scheme not in ("http", "https", "file") or not (url.netloc or url.scheme == "file"):
+            _fail(d, "url", "is not a URL: use http(s)://host/path or file:///path")
+    if "md5" in d and not (len(d.md5) == 32 and all(c in "0123456789abcdef" for c in d.md5.lower())):
+        _fail(d, "md5", "must be 32 hexadecimal digits")
+    if "root" in d and not d.root:
+        _fail(d, "root", "is not set: data=imagefolder needs data.root=DIR with train/<class>/ and test/<class>/")
+
+
+def _check_augment(a, image_size):
+    if a.crop:
+        _at_least(a, "pad", 1, "must be a positive number of pixels")
+        if image_size and a.pad >= image_size:
+            _fail(a, "pad", f"must be smaller than the {image_size}-pixel images")
+
+
+def _check_optim(o):
+    if "lr" not in o or not o.lr > 0:
+        raise ConfigError(f"optim.lr={o.get('lr')!r} must be a positive number")
+    _at_least(o, "weight_decay", 0)
+    for key in ("momentum", "eps", "alpha"):
+        if key in o:
+            _at_least(o, key, 0)
+    if "betas" in o and not (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas)):
+        _fail(o, "betas", "must be two numbers in [0, 1)")
+    try:  # what only the optimiser knows: build it over one parameter
+        optimizer_factory(o)([torch.zeros(1, requires_grad=True)])
+    except (TypeError, ValueError) as e:
+        settings = {k: v for k, v in OmegaConf.to_container(o).items() if not k.startswith("_")}
+        raise ConfigError(f"optim {settings} is refused by {o._target_}: {str(e).splitlines()[0]}") from None
+
+
+# ---------------------------------------------------------------- objects from config
+
+
+def load_data(cfg_data):
+    """The `data` group's dataset, read and split (harness.data.Splits)."""
+    return instantiate(cfg_data, _convert_="all").load()
+
+
+def make_model(cfg_model, num_classes: int, in_channels: int = 3) -> torch.nn.Module:
+    """The `model` group's network; a constructor's complaint about its arguments is one line."""
+    try:
+        return instantiate(cfg_model, _convert_="all", num_classes=num_classes, in_channels=in_channels)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        raise ConfigError(f"model ({cfg_model._target_}): {str(cause).splitlines()[0]}") from None
+
+
+def make_schedule(cfg_schedule):
+    return instantiate(cfg_schedule, _convert_="all")
+
+
+def optimizer_factory(cfg_optim):
+    """The optimiser class with the config's settings bound: call it with parameter groups."""
+    settings = OmegaConf.to_container(cfg_optim, resolve=True)
+    settings.pop("decay_norm_and_bias", None)
+    return instantiate(settings, _convert_="all")
+
+
+def _check_schedule(s):
+    _fraction(s, "warmup")
+    if "milestones" in s:
+        if not all(0 < m < 1 for m in s.milestones):
+            _fail(s, "milestones", "must be fractions of training in (0, 1)")
+        _at_least(s, "gamma", 0)
+    if "peak" in s:
+        _fraction(s, "peak", low_open=True)
+    for key in ("start", "final"):
+        if key in s:
+            _fraction(s, key, high_open=False)
+
+
+def _check_probes(p, image_size):
+    for key in ("grad_every", "grad_dense"):
+        _at_least(p, key, 0)
+    _at_least(p.shift, "max", 0)
+    _at_least(p.shift, "images", 0)
+    if image_size and p.shift.max >= image_size:
+        _fail(p.shift, "max", f"must be smaller than the {image_size}-pixel images")
+    _at_least(p.landscape, "every", 0)
+    etas = p.landscape.etas
+    if not etas or not all(math.isfinite(e) and e >= 0 for e in etas):
+        _fail(p.landscape, "etas", "must be a non-empty list of numbers >= 0 (multiples of the learning rate)")
+
+
+def _check_trainer(t):
+    for key in ("epochs", "batch_size", "eval_every", "log_every", "eval_batch_size"):
+        _at_least(t, key, 1, "must be a positive integer")
+    if t.steps is not None:
+        _at_least(t, "steps", 1, "must be a positive integer (or null: train trainer.epochs)")
+    if str(t.compile).lower() not in COMPILE_CHOICES:
+        _fail(t, "compile", f"is not one of {', '.join(COMPILE_CHOICES)}")
+    if not (t.threads == "auto" or (t.threads.isdigit() and int(t.threads) > 0)):
+        _fail(t, "threads", "must be auto or a positive integer")
+    try:
+        device = torch.device(t.device) if t.device != "auto" else None
+    except (RuntimeError, TypeError):
+        device = "bad"
+    if device == "bad" or (device is not None and device.type not in ("cpu", "cuda")):
+        _fail(t, "device", "is not a device: use auto, cpu or cuda[:N]")
+
+
+def _check_tracking(t):
+    if not t.uri.startswith(("sqlite:////", "http://", "https://")):
+        _fail(t, "uri", "is not supported: use sqlite:////abs/path/mlflow.db or http://HOST:PORT "
+                        "(MLflow >= 3.13 refuses the ./mlruns file store)")
+    if not t.experiment:
+        _fail(t, "experiment", "must be a name")
+
+
+# ---------------------------------------------------------------- composition errors in one line
+
+
+def one_line(error: Exception) -> str:
+    """Hydra's and OmegaConf's composition errors, as one line that names the bad value."""
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file:
+        group, _, choice = error.missing_cfg_file.rpartition("/")
+        options = [o for o in (error.options or []) if o]
+        if options:
+            return f"{group}={choice} is not a config choice: use one of {', '.join(sorted(options))}"
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        message = str(cause).splitlines()[0]
+        return f"{cause.full_key}: {message}" + _key_hint(cause)
+    first = str(error).strip().splitlines()
+    text = first[0] if first else type(error).__name__
+    append = next((line for line in first if "To append to your" in line), None)
+    if append:  # `experiment=x` where `+experiment=x` was meant
+        return f"{text} {append.strip()}"
+    return text
+
+
+def _key_hint(cause) -> str:
+    object_type = getattr(cause, "object_type", None)
+    if "not in" in str(cause) and object_type is not None and hasattr(object_type, "__dataclass_fields__"):
+        keys = [f.name for f in fields(object_type) if not f.name.startswith("_")]
+        return f" (allowed keys: {', '.join(keys)})"
+    return ""
+
+
+COMPOSITION_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException,
+                      OmegaConfBaseException)
+
+
+def plain(node) -> Any:
+    """A config node as plain Python values (enums as their names)."""
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)

@@ -1,0 +1,54 @@
+"""What the harness writes to MLflow and analysis reads back: tag names, metric names and the
+axes a study varies. Both sides import these; neither spells them out again."""
+
+# ---------------------------------------------------------------- tags
+
+KIND = "kind"  # "sweep" on a sweep's parent run
+KIND_SWEEP = "sweep"
+PARENT = "mlflow.parentRunId"
+RUN_NAME = "mlflow.runName"
+SWEEP_ID = "sweep_id"  # <date>/<time>-<random>, on the parent and every job
+SWEPT = "swept"  # on the parent: the keys and groups the sweep varies, space-separated
+JOB_NUM = "job_num"
+OVERRIDES = "overrides"
+OUTCOME = "outcome"  # finished, diverged, failed, killed
+DIVERGED = "diverged"  # "true" or "false"
+ERROR = "error"
+CHOICE = "choice."  # + group: the config file Hydra picked for the group, e.g. choice.optim=momentum
+
+
+def choice_tag(group: str) -> str:
+    return CHOICE + group
+
+
+# ---------------------------------------------------------------- metrics
+
+TRAIN_LOSS, TRAIN_ACC, LR = "train/loss", "train/acc", "lr"
+VAL_LOSS, VAL_ACC = "val/loss", "val/acc"
+TEST_LOSS, TEST_ACC = "test/loss", "test/acc"
+EPOCH_TIME, IMAGES_PER_SEC = "perf/epoch_time_s", "perf/images_per_sec"
+GRAD_NORM, WEIGHT_NORM, UPDATE_RATIO = "grad_norm/", "weight_norm/", "update_ratio/"  # + NNN_<layer>
+GRAD_NORM_TOTAL = "grad_norm/total"
+SHIFT_CONSISTENCY, SHIFT_INSTABILITY, SHIFT_PROB_CHANGE = (
+    "shift_consistency", "shift_instability_1px", "shift_prob_change_1px")  # after "val/" or "test/"
+SHIFT_ACC_DX = "shift/acc_dx"  # at step dx + max
+LANDSCAPE_LOSS_VARIATION = "landscape/loss_variation"
+LANDSCAPE_GRAD_PREDICTIVENESS = "landscape/grad_predictiveness"
+LANDSCAPE_BETA_SMOOTHNESS = "landscape/beta_smoothness"
+
+# ---------------------------------------------------------------- artifacts
+
+LAYER_TABLE = "layers.csv"  # index, metric, layer, module, parameters
+SHIFT_TABLE = "shift_accuracy.csv"
+
+# ---------------------------------------------------------------- the axes a study varies
+
+# short name: ("param", config key) or ("choice", config group)
+AXES = {
+    "depth": ("param", "model.depth"),
+    "residual": ("param", "model.residual"),
+    "batchnorm": ("param", "model.batchnorm"),
+    "optimizer": ("choice", "optim"),
+    "augment": ("choice", "augment"),
+    "seed": ("param", "trainer.seed"),
+}

@@ -1,0 +1,112 @@
+"""The config schema: every bad value is one line naming it, exit status 2, nothing written;
+values that mean false are false."""
+
+import csv
+import io
+import sys
+
+import pytest
+import torch
+from mlflow.artifacts import download_artifacts
+
+from harness.app import main
+from harness.config import make_model
+
+from conftest import all_runs, compose_config, run_cli
+
+# (overrides, what the one line must say): values a new user typed, each once a traceback
+# or silently accepted
+BAD_VALUES = [
+    (["model.batchnorm=maybe"], "model.batchnorm: Value 'maybe' is not a valid bool"),
+    (["model.residual=perhaps"], "model.residual: Value 'perhaps' is not a valid bool"),
+    (["model.width=abc"], "model.width: Value 'abc'"),
+    (["model.width=0"], "model.width=0.0 must be a positive number"),
+    (["model.depth=21"], "model.depth=21 is not a CIFAR ResNet depth"),
+    (["model.shortcut=C"], "model.shortcut: Invalid value 'C', expected one of [A, B]"),
+    (["model.init=fixup", "model.residual=false"], "model.init='fixup' needs model.residual=true"),
+    (["model.foo=1"], "model.foo: Key 'foo' not in 'ResNetConfig' (allowed keys: depth, residual"),
+    (["+model.foo=1"], "model.foo is not a key of ResNetConfig: use one of depth, residual"),
+    (["+probes.shift.every=2"], "probes.shift.every is not a key of ShiftProbeConfig: use one of max, mode"),
+    (["trainer.seed=abc"], "trainer.seed: Value 'abc'"),
+    (["trainer.epochs=0"], "trainer.epochs=0 must be a positive integer"),
+    (["trainer.precision=fp16"], "trainer.precision: Invalid value 'fp16', expected one of [auto, fp32, bf16]"),
+    (["trainer.compile=fast"], "trainer.compile='fast' is not one of auto, true, false"),
+    (["trainer.threads=0"], "trainer.threads='0' must be auto or a positive integer"),
+    (["trainer.device=tpu"], "trainer.device='tpu' is not a device"),
+    (["schedule.final=x"], "schedule.final: Value 'x'"),
+    (["schedule=onecycle", "schedule.peak=1.5"], "schedule.peak=1.5 must be in (0, 1)"),
+    (["schedule.warmup=1"], "schedule.warmup=1.0 must be in [0, 1)"),
+    (["optim.momentum=x"], "optim.momentum: Value 'x'"),
+    (["optim.momentum=-1"], "optim.momentum=-1.0 must be at least 0"),
+    (["optim.lr=0"], "optim.lr=0.0 must be a positive number"),
+    (["optim=adam", "optim.betas=[2,3]"], "optim.betas=[2.0, 3.0] must be two numbers in [0, 1)"),
+    (["optim=adam", "optim.eps=-1"], "optim.eps=-1.0 must be at least 0"),
+    (["optim=rmsprop", "optim.alpha=-1"], "optim.alpha=-1.0 must be at least 0"),
+    (["optim=foo"], "optim=foo is not a config choice: use one of adam, adamw, fast"),
+    (["data=synthetic", "data.train_size=-5"], "data.train_size=-5 must be at least 1"),
+    (["data=synthetic", "data.image_size=100000"], "data.image_size=100000 must be between 12 and 256"),
+    (["data=synthetic", "data.test_size=0"], "data.test_size=0 must be at least 1"),
+    (["data=synthetic", "data.val_size=5000"], "data.val_size=5000.0 must be smaller than data.train_size=4096"),
+    (["data.url=notaurl"], "data.url='notaurl' is not a URL"),
+    (["data=imagefolder"], "data.root=None is not set"),
+    (["probes.shift.max=100"], "probes.shift.max=100 must be smaller than the 32-pixel images"),
+    (["probes.shift.mode=wrap"], "probes.shift.mode: Invalid value 'wrap', expected one of [circular, translate]"),
+    (["augment.pad=100"], "augment.pad=100 must be smaller than the 32-pixel images"),
+    (["probes.landscape.etas=[]"], "probes.landscape.etas=[] must be a non-empty list"),
+    (["experiment=depth_residual"], "To append to your default list use +experiment=depth_residual"),
+    (["tracking.uri=./mlruns"], "tracking.uri='./mlruns' is not supported"),
+]
+
+
+@pytest.mark.parametrize("overrides, says", BAD_VALUES, ids=[" ".join(o) for o, _ in BAD_VALUES])
+def test_each_bad_value_is_one_line_and_exit_status_2(overrides, says, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["harness", *overrides, f"paths.runs={tmp_path}"])
+    with pytest.raises(SystemExit) as exit_status:
+        main()
+    assert exit_status.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], lines
+    assert list(tmp_path.iterdir()) == []  # no store, no Hydra output folder, nothing
+
+
+def test_a_bad_value_in_a_sweep_stops_it_before_anything_is_written(runs_dir):
+    result = run_cli("-m", "model.depth=8,20", "model.batchnorm=true,maybe", "data=synthetic", "trainer=smoke",
+                     runs_dir=runs_dir)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: model.batchnorm: Value 'maybe' is not a valid bool (type str)"
+    assert list(runs_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("word, meaning", [("no", False), ("off", False), ("false", False), ("yes", True),
+                                           ("on", True), ("true", True)])
+def test_yes_no_on_off_are_booleans(word, meaning):
+    cfg = compose_config(f"model.batchnorm={word}", f"model.residual={word}", f"augment.flip={word}")
+    assert cfg.model.batchnorm is meaning and cfg.model.residual is meaning and cfg.augment.flip is meaning
+    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in make_model(cfg.model, 10).modules())
+    assert has_bn is meaning
+
+
+def test_batchnorm_no_trains_a_model_without_batchnorm(runs_dir):
+    uri = f"sqlite:///{runs_dir}/mlflow.db"
+    result = run_cli("data=synthetic", "trainer=smoke", "model.depth=8", "model.batchnorm=no", "model.residual=off",
+                     runs_dir=runs_dir)
+    assert result.returncode == 0, result.stderr
+    _, runs = all_runs(uri)
+    (run,) = runs
+    assert (run.data.params["model.batchnorm"], run.data.params["model.residual"]) == ("False", "False")
+    table = download_artifacts(run_id=run.info.run_id, artifact_path="layers.csv", tracking_uri=uri)
+    modules = {row["module"] for row in csv.DictReader(io.StringIO(open(table).read()))}
+    assert modules == {"Conv2d", "Linear"}  # no BatchNorm2d among the layers that were trained
+    weights = torch.load(download_artifacts(run_id=run.info.run_id, artifact_path="model/model_weights.pt",
+                                            tracking_uri=uri))
+    assert not any("bn" in key or "running_mean" in key for key in weights)
+
+
+def test_a_recipe_is_one_file_and_a_group_named_on_the_command_line_wins():
+    he2016 = compose_config("recipe=he2016")
+    assert (he2016.optim.lr, he2016.optim.momentum, he2016.optim.weight_decay) == (0.1, 0.9, 1e-4)
+    assert he2016.schedule._target_ == "harness.optim.Step" and he2016.trainer.steps == 64000
+    assert he2016.augment.crop and he2016.augment.flip
+    fast_adam = compose_config("recipe=fast", "optim=adam", "trainer.epochs=5")
+    assert fast_adam.optim._target_ == "torch.optim.Adam" and fast_adam.optim.lr == 1e-3
+    assert fast_adam.schedule._target_ == "harness.optim.OneCycle" and fast_adam.trainer.epochs == 5
