@@ -179,6 +179,23 @@ def landscape(history, runs, layers):
     return _finish(grid, "Loss-landscape smoothness, BatchNorm on vs off (Santurkar et al. 2018)")
 
 
+def first_layer_gradient(history, runs, layers):
+    """8. The first conv layer's gradient norm at initialisation against depth, one line per arm."""
+    _need("depth" in frames.swept(runs), "depth was not swept")
+    layers = frames.grad_by_layer(history, runs, layers)
+    _need(not layers.empty, "no per-layer gradient norms (probes off?)")
+    convs = layers[(layers["module"] == "Conv2d") & (layers["step"] == 0)]
+    first = convs[convs["layer_index"] == convs.groupby("run_id")["layer_index"].transform("min")]
+    data = first.assign(arm=first["architecture"] + ", " + first["normalisation"])
+    fig, ax = plt.subplots()
+    sns.lineplot(data=data, x="depth", y="value", hue="arm", style="arm", markers=True, dashes=False,
+                 errorbar="sd", ax=ax)
+    ax.set(yscale="log", xlabel="depth (layers)", ylabel="gradient L2 norm of the first conv layer (log scale)")
+    ax.set_xticks(sorted(data["depth"].unique()))
+    ax.legend(title="")
+    return _finish(fig, "Gradient at the first layer at initialisation, by depth")
+
+
 FIGURES = [
     ("training_curves", training_curves, "Training loss and validation error against step; colour is depth, panels are residual/plain (and BatchNorm on/off)."),
     ("grad_vs_layer", grad_vs_layer, "Gradient L2 norm of each conv/linear layer from input to output, at initialisation (solid) and at the last logged step."),
@@ -187,4 +204,5 @@ FIGURES = [
     ("optimizers", optimizers, "Training loss by optimiser (band: ±1 sd across seeds where repeated)."),
     ("shift_invariance", shift_invariance, "Left: shift consistency and one-pixel instability by training augmentation. Right: test accuracy against horizontal shift."),
     ("landscape", landscape, "Loss variation and gradient predictiveness along the gradient direction over training, BatchNorm on vs off."),
+    ("first_layer_gradient", first_layer_gradient, "Gradient L2 norm of the first conv layer at initialisation (step 0) against depth, one line per residual/BatchNorm arm."),
 ]

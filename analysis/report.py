@@ -12,8 +12,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from analysis.claims import gradient_flow, gradient_flow_markdown
 from analysis.figures import DPI, FIGURES, Skip
-from analysis.frames import summary
+from analysis.frames import grad_by_layer, summary
 from analysis.load import histories_frame, layer_tables, runs_frame
 
 # fixed metadata: re-running on the same store writes the same bytes
@@ -32,7 +33,8 @@ def write_report(client, uri, selection, out_dir: Path) -> dict:
         drawn, skipped = _draw_figures(history, runs, layers, build)
         table = summary(runs)
         table.to_csv(build / "summary.csv", index=False)
-        (build / "index.md").write_text(_index(selection, drawn, skipped, table))
+        flow = gradient_flow(grad_by_layer(history, runs, layers))
+        (build / "index.md").write_text(_index(selection, drawn, skipped, table, flow))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         build.rename(out_dir)
@@ -59,7 +61,7 @@ def _draw_figures(history, runs, layers, folder: Path):
     return drawn, skipped
 
 
-def _index(selection, drawn: dict, skipped: dict, table: pd.DataFrame) -> str:
+def _index(selection, drawn: dict, skipped: dict, table: pd.DataFrame, flow: pd.DataFrame) -> str:
     lines = [f"# Report: {selection.name}", "",
              f"{len(selection.runs)} runs" + (f" of sweep `{selection.name}` (parent run "
                                                f"`{selection.parent.info.run_id}`)" if selection.parent else ""),
@@ -68,6 +70,8 @@ def _index(selection, drawn: dict, skipped: dict, table: pd.DataFrame) -> str:
         lines += [f"![{caption}]({stem}.png)", "", f"*{caption}* ([PDF]({stem}.pdf))", ""]
     if skipped:
         lines += ["Not drawn:", ""] + [f"- {name}: {why}" for name, why in skipped.items()] + [""]
+    if not flow.empty:
+        lines += gradient_flow_markdown(flow)
     lines += ["## Summary", "", _markdown_table(table.drop(columns="run_id")), "",
               "Losses are cross-entropy; accuracies and shift scores are fractions. "
               "Full precision in `summary.csv`.", ""]

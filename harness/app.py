@@ -148,8 +148,10 @@ def _run_job(cfg, job: JobInfo) -> str:
             "num_parameters": count_parameters(setup.model)}, parent)
         run.log_text(setup.probes.layer_table(), contract.LAYER_TABLE)
         outcome = train(setup, cfg.trainer, run.metrics)
-        if shift_table := setup.probes.shift_table():
-            run.log_text(shift_table, contract.SHIFT_TABLE)
+        for text, name in ((setup.probes.shift_table(), contract.SHIFT_TABLE),
+                           (setup.probes.sample_table(), contract.SHIFT_SAMPLE)):
+            if text:
+                run.log_text(text, name)
         run.log_artifacts(job, cfg, setup.model)
         run.finish(outcome.status)
         return outcome.status

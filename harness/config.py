@@ -152,7 +152,8 @@ class OneCycleConfig(ScheduleConfig):
 class ShiftProbeConfig:
     max: int = 4
     mode: ShiftMode = ShiftMode.circular
-    images: int = 500
+    images: int = 500  # of the test split, scored at the end
+    val_images: int = 100  # of the validation split, scored at each validation
     seed: int = 0
 
 
@@ -387,6 +388,7 @@ def _check_probes(p, image_size):
         _at_least(p, key, 0)
     _at_least(p.shift, "max", 0)
     _at_least(p.shift, "images", 0)
+    _at_least(p.shift, "val_images", 0)
     if image_size and p.shift.max >= image_size:
         _fail(p.shift, "max", f"must be smaller than the {image_size}-pixel images")
     _at_least(p.landscape, "every", 0)

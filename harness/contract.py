@@ -29,8 +29,8 @@ TEST_LOSS, TEST_ACC = "test/loss", "test/acc"
 EPOCH_TIME, IMAGES_PER_SEC = "perf/epoch_time_s", "perf/images_per_sec"
 GRAD_NORM, WEIGHT_NORM, UPDATE_RATIO = "grad_norm/", "weight_norm/", "update_ratio/"  # + NNN_<layer>
 GRAD_NORM_TOTAL = "grad_norm/total"
-SHIFT_CONSISTENCY, SHIFT_INSTABILITY, SHIFT_PROB_CHANGE = (
-    "shift_consistency", "shift_instability_1px", "shift_prob_change_1px")  # after "val/" or "test/"
+SHIFT_CONSISTENCY, SHIFT_CONSISTENCY_SE, SHIFT_INSTABILITY, SHIFT_PROB_CHANGE = (
+    "shift_consistency", "shift_consistency_se", "shift_instability_1px", "shift_prob_change_1px")  # after val/, test/
 SHIFT_ACC_DX = "shift/acc_dx"  # at step dx + max
 LANDSCAPE_LOSS_VARIATION = "landscape/loss_variation"
 LANDSCAPE_GRAD_PREDICTIVENESS = "landscape/grad_predictiveness"
@@ -39,7 +39,8 @@ LANDSCAPE_BETA_SMOOTHNESS = "landscape/beta_smoothness"
 # ---------------------------------------------------------------- artifacts
 
 LAYER_TABLE = "layers.csv"  # index, metric, layer, module, parameters
-SHIFT_TABLE = "shift_accuracy.csv"
+SHIFT_TABLE = "shift_accuracy.csv"  # split, step, dx, accuracy
+SHIFT_SAMPLE = "shift_sample.csv"  # split, index, label: the images the shift scores are over
 
 # ---------------------------------------------------------------- the axes a study varies
 

@@ -176,7 +176,7 @@ def train_step(setup: Setup, x, y, step: int, lr: float, metrics):
         loss = F.cross_entropy(logits.float(), y)
     setup.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    metrics.add(step, setup.probes.after_backward(step, functools.partial(_batch_loss, model, x, y, mixed), lr))
+    metrics.add(step, setup.probes.after_backward(step, functools.partial(_fp32_loss, model, x, y), lr))
     setup.optimizer.step()
     metrics.add(step, setup.probes.after_step(step))
     return loss, logits
@@ -194,9 +194,9 @@ def final_test(setup: Setup, step: int, eval_batch: int, metrics) -> dict:
     return {key: value for key, value, _ in metrics.flush()}
 
 
-def _batch_loss(model, x, y, mixed):
-    with mixed():
-        return F.cross_entropy(model(x).float(), y)
+def _fp32_loss(model, x, y):
+    """The batch's loss for the landscape probe, which runs it in full precision."""
+    return F.cross_entropy(model(x), y)
 
 
 def _summary(final: dict, images_per_sec: float) -> str:

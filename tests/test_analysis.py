@@ -5,6 +5,7 @@ import hashlib
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -119,3 +120,39 @@ def test_unknown_sweep_and_empty_store_are_clear_errors(depth_bn_store, tmp_path
     MlflowClient(f"sqlite:///{tmp_path}/empty.db").search_experiments()  # a store with no runs
     empty = analysis("--uri", f"sqlite:///{tmp_path}/empty.db")
     assert empty.returncode == 2 and "no sweeps" in empty.stderr
+
+
+def test_gradient_flow_names_each_ratio_by_the_stated_rule():
+    from analysis.claims import gradient_flow
+
+    def rows(run, norms_by_step):  # two convs and a classifier per step
+        return [{"run_id": run, "step": step, "layer_index": i, "layer": name, "module": module, "value": value,
+                 "net": run, "normalisation": "BatchNorm", "depth": 8}
+                for step, values in norms_by_step.items()
+                for i, (name, module, value) in enumerate(zip(["stem.conv", "stage3.block1.conv2", "fc"],
+                                                              ["Conv2d", "Conv2d", "Linear"], values))]
+    layers = pd.DataFrame(rows("plain", {0: [500.0, 0.15, 9.0], 700: [0.003, 0.1, 9.0]})
+                          + rows("residual", {0: [1.0, 0.5, 9.0], 50: [0.2, 0.1, 9.0]}))
+    table = gradient_flow(layers).set_index("run_id")
+    assert table.loc["plain", "ratio_start"] == pytest.approx(500 / 0.15)
+    assert (table.loc["plain", "flow_start"], table.loc["plain", "flow_end"]) == ("exploding", "vanishing")
+    assert table.loc["plain", "end_step"] == 700 and table.loc["plain", "last_layer"] == "stage3.block1.conv2"
+    assert (table.loc["residual", "flow_start"], table.loc["residual", "flow_end"]) == ("neither", "neither")
+
+
+def test_report_says_the_gradient_flow_of_each_run_from_its_metrics(depth_bn_store, tmp_path):
+    uri, _ = depth_bn_store
+    out = tmp_path / "report"
+    assert analysis("--uri", uri, "--out", str(out)).returncode == 0
+    index = (out / "index.md").read_text()
+    assert "## Gradient flow" in index and (out / "8_first_layer_gradient.png").is_file()
+    client = open_client(uri)
+    for run in select_runs(client).runs:
+        table = list(csv.DictReader(open(client.download_artifacts(run.info.run_id, "layers.csv"))))
+        convs = [row["metric"] for row in table if row["module"] == "Conv2d"]
+        first, last = (client.get_metric_history(run.info.run_id, f"grad_norm/{m}") for m in (convs[0], convs[-1]))
+        ratio = first[0].value / last[0].value  # step 0, read straight from MLflow
+        net = f"{'residual' if run.data.params['model.residual'] == 'True' else 'plain'}-{run.data.params['model.depth']}"
+        line = next(line for line in index.splitlines()
+                    if line.startswith(f"- {net} (") and ("no BatchNorm" in line) == (run.data.params["model.batchnorm"] == "False"))
+        assert f"{ratio:.3g} at step 0" in line

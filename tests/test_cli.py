@@ -9,9 +9,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import yaml
 from mlflow.artifacts import download_artifacts
+from PIL import Image
 
 from conftest import PROJECT_ROOT, all_runs, recompute_test_metrics, run_cli
 
@@ -87,7 +89,7 @@ def check_probe_metrics(uri, client, run, steps):
     history = client.get_metric_history(run.info.run_id, "grad_norm/000_stem.conv")
     assert [m.step for m in history] == list(range(min(dense, steps)))  # step 0 = the initialisation
     for split in ("val", "test"):
-        for name in ("shift_consistency", "shift_instability_1px", "shift_prob_change_1px"):
+        for name in ("shift_consistency", "shift_consistency_se", "shift_instability_1px", "shift_prob_change_1px"):
             assert 0 <= run.data.metrics[f"{split}/{name}"] <= 1
     max_shift = int(run.data.params["probes.shift.max"])
     curve = client.get_metric_history(run.info.run_id, "shift/acc_dx")
@@ -190,6 +192,7 @@ def test_two_sweeps_started_together_get_separate_folders():
 @pytest.mark.parametrize("preset, axes", [
     ("depth_residual", {"model.depth": "8,20,56", "model.residual": "true,false"}),
     ("batchnorm", {"model.batchnorm": "true,false", "model.residual": "true,false"}),
+    ("vanishing", {"model.depth": "8,20,56", "model.residual": "true,false", "model.batchnorm": "true,false"}),
     ("optimizers", {"optim": "sgd,momentum,rmsprop,adam"}),
     ("augmentation", {"augment": "none,flip,crop,crop_flip"}),
     ("[optimizers,seeds]", {"optim": "sgd,momentum,rmsprop,adam", "trainer.seed": "0,1,2"}),
@@ -233,3 +236,32 @@ def test_parallel_sweep_with_the_joblib_launcher(runs_dir):
         assert run.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [4, 6]
         assert int(run.data.tags["threads"]) == expected_threads  # not 2 jobs x all CPUs
+
+
+def test_a_class_sorted_grayscale_folder_gets_shift_scores_over_every_class(runs_dir, tmp_path):
+    """The holdout habit: a dataset of another size (28x28) and channel count (1), stored class
+    by class, as many users' folders are; the shift scores must still see every class."""
+    root = tmp_path / "bars"
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 48), ("test", 24)):
+        for c in range(4):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 60, (28, 28), dtype=np.uint8)
+                pixels[4 + 5 * c:8 + 5 * c, 6:22] = 220  # a bar whose height says the class
+                Image.fromarray(pixels, mode="L").save(folder / f"{i:03d}.png")
+    uri = f"sqlite:///{runs_dir}/mlflow.db"
+    result = run_cli("data=imagefolder", f"data.root={root}", "data.val_size=0.25", "trainer=smoke", "model.depth=8",
+                     "probes.shift.images=40", "probes.shift.val_images=20", runs_dir=runs_dir)
+    assert result.returncode == 0, result.stderr
+    _, (run,) = all_runs(uri)
+    assert run.info.status == "FINISHED" and "test/shift_consistency" in run.data.metrics
+    sample = list(csv.DictReader(open(download_artifacts(run_id=run.info.run_id, artifact_path="shift_sample.csv",
+                                                         tracking_uri=uri))))
+    test_labels = sorted(int(row["label"]) for row in sample if row["split"] == "test")
+    assert test_labels == [c for c in range(4) for _ in range(10)]  # 10 of each class, not 40 of the first
+    assert {int(row["label"]) for row in sample if row["split"] == "val"} == {0, 1, 2, 3}
+    layers = list(csv.DictReader(open(download_artifacts(run_id=run.info.run_id, artifact_path="layers.csv",
+                                                         tracking_uri=uri))))
+    assert layers[0]["layer"] == "stem.conv" and layers[0]["parameters"] == str(16 * 1 * 3 * 3)  # one input channel

@@ -121,3 +121,18 @@ def test_imagefolder_reads_the_shared_cifar10_jpeg_copy(tmp_path):
     assert splits.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     assert splits.train_x.shape == (200, 3, 32, 32) and splits.test_x.shape == (200, 3, 32, 32)
     assert 0.3 < splits.mean.mean().item() < 0.7  # natural images, not blank
+
+
+def test_imagefolder_keeps_one_channel_for_grayscale_and_three_once_any_image_has_colour(tmp_path):
+    root = tmp_path / "gray"
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            Image.fromarray(np.full((10, 12), 77, np.uint8), mode="L").save(root / split / name / "0.png")
+    gray = image_folder(root, tmp_path / "cache").load()
+    assert gray.train_x.shape == (2, 1, 10, 12) and gray.test_x.shape == (2, 1, 10, 12)
+    Image.fromarray(np.full((10, 12, 3), (10, 20, 30), np.uint8)).save(root / "test" / "b" / "1.png")
+    mixed = image_folder(root, tmp_path / "cache").load()
+    assert mixed.train_x.shape == (2, 3, 10, 12) and mixed.test_x.shape == (3, 3, 10, 12)
+    assert mixed.train_x[0, :, 0, 0].tolist() == [77, 77, 77]  # grey repeated in every channel
+    assert mixed.test_x[2, :, 0, 0].tolist() == [10, 20, 30]

@@ -1,5 +1,9 @@
 """Probes against independent computations and cases with known answers."""
 
+import copy
+
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -8,6 +12,7 @@ from harness.app import build
 from harness.batches import Normalise
 from harness.models import CifarResNet
 from harness.probes import GradNorms, landscape_probe, shift_scores
+from harness.probes.shift import stratified_sample
 from harness.probes.grad_norms import layers_in_forward_order
 from harness.tracking import MetricBuffer, open_experiment
 from harness.train import train
@@ -136,35 +141,83 @@ def shift_data(n=300, seed=0):
 def test_circularly_invariant_model_scores_perfectly():
     torch.manual_seed(0)
     x, y, norm = shift_data()
-    scores, curve = shift_scores(CircularInvariant(), x, y, norm, 4, "circular", 128, seed=0)
-    assert scores["shift_consistency"].item() == 1.0
+    scores, curve = shift_scores(CircularInvariant(), x, y, norm, 4, "circular", 128)
+    assert scores["shift_consistency"].item() == 1.0 and scores["shift_consistency_se"].item() == 0.0
     assert scores["shift_instability_1px"].item() == 0.0
     assert scores["shift_prob_change_1px"].item() < 1e-5
     assert torch.allclose(curve, curve[4].expand(9))  # the same accuracy at every shift
 
 
-def test_one_pixel_model_scores_far_below():
-    torch.manual_seed(0)
-    x, y, norm = shift_data()
-    scores, _ = shift_scores(OnePixel(), x, y, norm, 4, "circular", 128, seed=0)
-    assert scores["shift_consistency"].item() < 0.6
-    assert scores["shift_instability_1px"].item() > 0.4
-    # in translate mode the 1-pixel shift brings in a zero pixel: still unstable
-    scores, _ = shift_scores(OnePixel(), x, y, norm, 4, "translate", 128, seed=0)
-    assert scores["shift_instability_1px"].item() > 0.4
+class ColumnParity(nn.Module):
+    """Class = parity of the column holding the most mass (the first column on a flat image):
+    its answer to every shift can be worked out by hand."""
+
+    def forward(self, x):
+        column = x.sum((1, 2)).argmax(1)
+        return F.one_hot(column % 2, 2).float() * 10
+
+
+def one_bright_pixel(columns, size=16):
+    x = torch.zeros(len(columns), 1, size, size, dtype=torch.uint8)
+    x[torch.arange(len(columns)), 0, size // 2, torch.tensor(columns)] = 255
+    return x
+
+
+def plain_normalise():
+    return Normalise(torch.zeros(1), torch.ones(1), "cpu")
+
+
+@pytest.mark.parametrize("mode", ["circular", "translate"])
+def test_a_position_dependent_model_scores_what_is_worked_out_by_hand(mode):
+    columns = [4, 5, 6, 7, 8, 9, 10, 11]  # away from the border: translate moves them as roll does
+    x, y = one_bright_pixel(columns), torch.tensor(columns) % 2
+    # max 1: the 9 shifts put the pixel in columns c-1, c, c+1 (three rows each), so 6 predictions
+    # fall in one class and 3 in the other: P(two shifts agree) = (6^2 + 3^2) / 9^2 = 5/9
+    scores, curve = shift_scores(ColumnParity(), x, y, plain_normalise(), 1, mode, 7)
+    assert scores["shift_consistency"].item() == pytest.approx(5 / 9)
+    assert scores["shift_consistency_se"].item() == 0  # every image scores the same
+    assert scores["shift_instability_1px"].item() == 1  # (1, 1) moves the pixel one column
+    # the unshifted class's probability drops from e^10 / (e^10 + 1) to 1 / (e^10 + 1): by tanh(5)
+    assert scores["shift_prob_change_1px"].item() == pytest.approx(np.tanh(5))
+    assert curve.tolist() == [0, 1, 0]  # right only where the pixel stays in its column
+    # max 2: columns c-2 ... c+2, three of the parity of c and two of the other, in 5 rows
+    scores, curve = shift_scores(ColumnParity(), x, y, plain_normalise(), 2, mode, 64)
+    assert scores["shift_consistency"].item() == pytest.approx((15**2 + 10**2) / 25**2)
+    assert curve.tolist() == [1, 0, 1, 0, 1]
+
+
+def test_consistency_standard_error_is_the_spread_across_images():
+    bright = one_bright_pixel([6] * 5)
+    flat = torch.full((3, 1, 16, 16), 7, dtype=torch.uint8)  # every column alike: always class 0
+    x = torch.cat([bright, flat])
+    scores, _ = shift_scores(ColumnParity(), x, torch.zeros(8, dtype=torch.int64), plain_normalise(), 1, "circular", 20)
+    per_image = np.array([5 / 9] * 5 + [1.0] * 3)
+    assert scores["shift_consistency"].item() == pytest.approx(per_image.mean())
+    assert scores["shift_consistency_se"].item() == pytest.approx(per_image.std(ddof=1) / np.sqrt(8))
+
+
+def test_stratified_sample_of_a_class_sorted_split():
+    labels = torch.tensor([0] * 100 + [1] * 100 + [2] * 50)  # stored class by class, as an image folder
+    sample = stratified_sample(labels, 50, seed=3)
+    assert torch.bincount(labels[sample]).tolist() == [20, 20, 10]
+    assert torch.equal(sample, sample.sort().values) and len(set(sample.tolist())) == 50
+    assert torch.equal(sample, stratified_sample(labels, 50, seed=3))
+    assert not torch.equal(sample, stratified_sample(labels, 50, seed=4))
+    uneven = stratified_sample(torch.tensor([0] * 7 + [1] * 7 + [2] * 7), 10, seed=0)
+    assert sorted(torch.bincount(torch.tensor([0] * 7 + [1] * 7 + [2] * 7)[uneven]).tolist()) == [3, 3, 4]
+    assert len(stratified_sample(labels, 1000, seed=0)) == 250  # all of it
 
 
 def test_shift_zero_is_the_plain_accuracy_and_results_repeat():
     torch.manual_seed(0)
     model = CifarResNet(8, num_classes=5).eval()
     x, y, norm = shift_data()
-    first = shift_scores(model, x, y, norm, 3, "translate", 64, seed=7)
-    second = shift_scores(model, x, y, norm, 3, "translate", 100, seed=7)
+    first = shift_scores(model, x, y, norm, 3, "translate", 64)
+    second = shift_scores(model, x, y, norm, 3, "translate", 100)
     with torch.no_grad():
-        plain = (model(norm(x)).argmax(1) == y).float().mean()
+        plain = (model(norm(x)).argmax(1) == y).double().mean()
     assert first[1][3].item() == plain.item()
-    assert torch.equal(first[1], second[1])
-    # batch size changes float rounding only, not the sampled shifts
+    assert torch.equal(first[1], second[1])  # the batch size changes nothing
     assert first[0]["shift_consistency"].item() == second[0]["shift_consistency"].item()
 
 
@@ -183,6 +236,44 @@ def test_landscape_probe_is_zero_at_eta_zero_and_restores_everything():
     for key, value in model.state_dict().items():  # weights and BN running statistics
         assert torch.equal(value, state[key]), key
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+
+
+def landscape_by_hand(model, x, y, etas):
+    """Santurkar et al.'s three quantities, computed apart from the probe, in fp32, on a copy."""
+    model = copy.deepcopy(model)
+    params = list(model.parameters())
+    g = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+    g_norm = torch.sqrt(sum(t.pow(2).sum() for t in g))
+    losses, differences = [], []
+    for eta in etas:
+        with torch.no_grad():
+            moved = copy.deepcopy(model)
+            for p, gp in zip(moved.parameters(), g):
+                p -= eta * gp
+        loss = F.cross_entropy(moved(x), y)
+        g_eta = torch.autograd.grad(loss, list(moved.parameters()))
+        losses.append(loss.item())
+        differences.append(torch.sqrt(sum((a - b).pow(2).sum() for a, b in zip(g, g_eta))).item())
+    return (max(losses) - min(losses), max(differences),
+            max(d / (eta * g_norm.item()) for d, eta in zip(differences, etas)))
+
+
+def test_landscape_probe_runs_in_fp32_after_a_bf16_training_step():
+    torch.manual_seed(0)
+    model = CifarResNet(8)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the training step's own pass
+        loss = F.cross_entropy(model(x).float(), y)
+    loss.backward()
+    etas = [1e-3, 4e-3]  # a fraction of a learning rate of 0.1, where bf16 rounds steps away
+    probed = landscape_probe(model, lambda: F.cross_entropy(model(x), y), etas)
+    variation, predictiveness, beta = landscape_by_hand(model, x, y, etas)
+    assert probed["landscape/loss_variation"].item() == pytest.approx(variation, rel=1e-3)
+    assert probed["landscape/grad_predictiveness"].item() == pytest.approx(predictiveness, rel=1e-3)
+    assert probed["landscape/beta_smoothness"].item() == pytest.approx(beta, rel=1e-3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what the probe measured before: rounding
+        in_bf16 = landscape_probe(model, lambda: F.cross_entropy(model(x).float(), y), etas)
+    assert in_bf16["landscape/beta_smoothness"].item() == pytest.approx(beta, rel=1e-3)  # autocast is off inside
 
 
 def trained_weights(tmp_path, landscape_every):

@@ -1,4 +1,5 @@
-"""Images in class folders: `root/train/<class>/*.png|jpg` and `root/test/<class>/...`.
+"""Images in class folders: `root/train/<class>/*.png|jpg` and `root/test/<class>/...`, all one
+size; one channel if every image is grayscale, else three (grayscale ones repeated).
 
 Decoding thousands of small files takes longer than training on them, so the decoded
 uint8 arrays are cached (one .npz per root, rebuilt when the folder's files change).
@@ -20,6 +21,7 @@ from harness.files import folder_lock
 log = logging.getLogger(__name__)
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp"}
+GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}  # Pillow modes with one intensity channel
 
 
 class ImageFolder(DataSource):
@@ -45,9 +47,11 @@ def read_imagefolder(root: Path, cache_dir: Path):
     with folder_lock(cache.parent):  # the jobs of a parallel sweep: one decodes, the rest wait
         arrays = _read_cache(cache, fingerprint)
         if arrays is None:
+            decoded = {split: _decode(files[split], classes) for split in ("train", "test")}
+            colour = any(image.ndim == 3 for images, _ in decoded.values() for image in images)
             arrays = {}
-            for split in ("train", "test"):
-                arrays[f"{split}_x"], arrays[f"{split}_y"] = _decode(files[split], classes)
+            for split, (images, labels) in decoded.items():
+                arrays[f"{split}_x"], arrays[f"{split}_y"] = _stack(images, colour), labels
             _write_cache(cache, fingerprint, arrays)
     if arrays["train_x"].shape[1:] != arrays["test_x"].shape[1:]:
         raise DataError(f"{root}: train images are {arrays['train_x'].shape[1:]} but test images {arrays['test_x'].shape[1:]}")
@@ -70,6 +74,7 @@ def _list_split(root: Path, split: str) -> dict:
 
 
 def _decode(files: dict, classes: list):
+    """([uint8 (H, W) for a grayscale image, (H, W, 3) for a colour one], int64 labels)."""
     from PIL import Image
 
     images, labels, size = [], [], None
@@ -77,17 +82,24 @@ def _decode(files: dict, classes: list):
         for path in files.get(name, []):
             try:
                 with Image.open(path) as im:
-                    array = np.asarray(im.convert("RGB"))
+                    array = np.asarray(im.convert("L" if im.mode in GRAYSCALE_MODES else "RGB"))
             except OSError as e:
                 raise DataError(f"cannot decode image {path}: {e}") from None
             if size is None:
-                size = array.shape
-            elif array.shape != size:
+                size = array.shape[:2]
+            elif array.shape[:2] != size:
                 raise DataError(f"{path} is {array.shape[1]}x{array.shape[0]}, but other images are {size[1]}x{size[0]}: resize them to one size")
             images.append(array)
             labels.append(label)
-    x = np.stack(images).transpose(0, 3, 1, 2).copy()  # (N, H, W, C) -> (N, C, H, W)
-    return x, np.asarray(labels, dtype=np.int64)
+    return images, np.asarray(labels, dtype=np.int64)
+
+
+def _stack(images: list, colour: bool) -> np.ndarray:
+    """(N, C, H, W) uint8: three channels if any image of the dataset has colour, else one."""
+    if colour:
+        images = [np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a for a in images]
+        return np.stack(images).transpose(0, 3, 1, 2).copy()
+    return np.stack(images)[:, None]
 
 
 def _key(root: Path) -> str:

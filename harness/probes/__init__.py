@@ -2,7 +2,7 @@
 
 - after_backward / after_step: per-layer gradient norms, weight norms, update ratios
   (grad_norms.py) and, when due, the loss-landscape probe (landscape.py);
-- evaluate: shift-invariance scores on a split (shift.py).
+- evaluate: shift-invariance scores on a fixed, class-stratified sample of a split (shift.py).
 Every value is a device tensor; the metric buffer reads them at its next flush.
 """
 
@@ -13,7 +13,7 @@ from contextlib import nullcontext
 from harness import contract
 from harness.probes.grad_norms import GradNorms
 from harness.probes.landscape import landscape_probe
-from harness.probes.shift import shift_scores
+from harness.probes.shift import shift_scores, stratified_sample
 
 
 class Probes:
@@ -23,6 +23,7 @@ class Probes:
         self.model = model
         self.grad_norms = GradNorms(model, example, cfg_probes.grad_every, cfg_probes.grad_dense)
         self.shift_curves = []  # (split, step, accuracy per dx) for the CSV artifact
+        self.samples = {}  # split: (indices, labels) of the images its shift scores are over
 
     def after_backward(self, step: int, loss_fn, lr: float) -> dict:
         """Right after loss.backward() of the step with 0-based index `step`."""
@@ -36,15 +37,19 @@ class Probes:
         return self.grad_norms.after_step(step)
 
     def evaluate(self, split: str, step: int, x, y, normalise, batch_size: int, autocast=nullcontext) -> dict:
-        """Shift-invariance metrics of the model on (the first probes.shift.images of) a split;
-        the accuracy-per-shift curve only for the test split, where it is logged."""
+        """Shift-invariance metrics of the model on the split's sample: shift.images of the test
+        split, shift.val_images of the validation split, the same images at every evaluation."""
         shift = self.cfg.shift
-        if not shift.images or not shift.max:
+        size = shift.images if split == "test" else shift.val_images
+        if not size or not shift.max:
             return {}
-        n = min(len(x), shift.images)
-        scores, accuracy_at = shift_scores(self.model, x[:n], y[:n], normalise, shift.max, shift.mode,
-                                           batch_size, shift.seed, autocast, curve=split == "test")
-        if accuracy_at is not None:
+        if split not in self.samples:
+            indices = stratified_sample(y, size, shift.seed).to(x.device)
+            self.samples[split] = (indices, y[indices])
+        indices, labels = self.samples[split]
+        scores, accuracy_at = shift_scores(self.model, x[indices], labels, normalise, shift.max, shift.mode,
+                                           batch_size, autocast)
+        if split == "test":
             self.shift_curves.append((split, step, accuracy_at))
         return {f"{split}/{name}": value for name, value in scores.items()}
 
@@ -57,6 +62,17 @@ class Probes:
 
     def layer_table(self) -> str:
         return self.grad_norms.layer_table()
+
+    def sample_table(self) -> str | None:
+        """CSV of the images each split's shift scores are over (index into the split, label)."""
+        if not self.samples:
+            return None
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["split", "index", "label"])
+        for split, (indices, labels) in self.samples.items():
+            writer.writerows([split, i, label] for i, label in zip(indices.tolist(), labels.tolist()))
+        return out.getvalue()
 
     def shift_table(self) -> str | None:
         """CSV of test accuracy per horizontal shift, or None if it was not measured."""

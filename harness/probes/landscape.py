@@ -1,15 +1,34 @@
 """Loss-landscape smoothness along the gradient (Santurkar et al. 2018, section 3.2).
 
-At the current weights w with gradient g on the current batch, for each step size eta:
-L(w - eta g) and its gradient g_eta, on the same batch. Logged: the range of those losses
-(loss variation), max ||g - g_eta|| (gradient predictiveness) and max ||g - g_eta|| / ||eta g||
-(effective beta-smoothness). Weights, gradients, BatchNorm buffers and RNG state are put
+At the current weights w, on the current batch: the gradient g, then for each step size eta
+the loss L(w - eta g) and its gradient g_eta. Logged: the range of those losses (loss
+variation), max ||g - g_eta|| (gradient predictiveness) and max ||g - g_eta|| / ||eta g||
+(effective beta-smoothness).
+
+Every pass of the probe runs in fp32, without autocast or TF32, whatever the training
+precision: a step of a fraction of the learning rate moves most weights by less than bf16
+(or TF32) can resolve, so under autocast the probe would measure rounding, not the landscape.
+So g is recomputed in fp32 at w. Weights, gradients, BatchNorm buffers and RNG state are put
 back exactly, so training continues as if the probe had not run.
 """
+
+import contextlib
 
 import torch
 
 from harness import contract
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device):
+    """fp32 arithmetic throughout: autocast off, TF32 off (restored afterwards)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @torch.no_grad()
@@ -17,37 +36,44 @@ def _global_norm(tensors) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(tensors)).norm()
 
 
+def _gradient(params, loss_fn):
+    for p in params:
+        p.grad = None
+    loss = loss_fn()
+    loss.backward()
+    return loss.detach().float(), [p.grad for p in params]
+
+
 def landscape_probe(model, loss_fn, etas) -> dict:
-    """loss_fn() -> scalar loss of the current batch; call after backward, before optimizer.step."""
+    """loss_fn() -> scalar loss of the current batch (in fp32); call after backward, before
+    optimizer.step."""
     params = [p for p in model.parameters() if p.grad is not None]
     with torch.no_grad():
         weights = torch._foreach_mul([p.detach() for p in params], 1.0)
-        grads = torch._foreach_mul([p.grad for p in params], 1.0)
+        training_grads = torch._foreach_mul([p.grad for p in params], 1.0)
         buffers = [b.clone() for b in model.buffers()]
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    grad_norm = _global_norm(grads)
 
     losses, differences, smoothness = [], [], []
     try:
-        for eta in etas:
-            with torch.no_grad():
-                torch._foreach_add_([p.detach() for p in params], grads, alpha=-eta)
-            for p in params:
-                p.grad = None
-            loss = loss_fn()
-            loss.backward()
-            with torch.no_grad():
-                difference = _global_norm(torch._foreach_sub([p.grad for p in params], grads))
-            losses.append(loss.detach().float())
-            differences.append(difference)
-            smoothness.append(difference / (eta * grad_norm).clamp_min(1e-12))
-            with torch.no_grad():
-                torch._foreach_copy_([p.detach() for p in params], weights)
+        with full_precision(params[0].device):
+            _, grads = _gradient(params, loss_fn)
+            grad_norm = _global_norm(grads)
+            for eta in etas:
+                with torch.no_grad():
+                    torch._foreach_add_([p.detach() for p in params], grads, alpha=-eta)
+                loss, moved = _gradient(params, loss_fn)
+                with torch.no_grad():
+                    difference = _global_norm(torch._foreach_sub(moved, grads))
+                    torch._foreach_copy_([p.detach() for p in params], weights)
+                losses.append(loss)
+                differences.append(difference)
+                smoothness.append(difference / (eta * grad_norm).clamp_min(1e-12))
     finally:
         with torch.no_grad():
             torch._foreach_copy_([p.detach() for p in params], weights)
-            for p, g in zip(params, grads):
+            for p, g in zip(params, training_grads):
                 p.grad = g
             for b, saved in zip(model.buffers(), buffers):
                 b.copy_(saved)
