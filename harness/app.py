@@ -9,7 +9,10 @@ failed or diverged job of a sweep is recorded and the sweep goes on; the process
 status still reports failures.
 """
 
+import json
 import logging
+import multiprocessing
+import os
 import secrets
 import sys
 import time
@@ -19,7 +22,6 @@ from pathlib import Path
 import hydra
 import torch
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -29,17 +31,20 @@ from omegaconf import OmegaConf
 from harness import contract
 from harness.augment import Augment
 from harness.batches import Normalise, TrainBatches
+from harness.checkpoint import Checkpoints, Interrupted, StopRequests
 from harness.compute import apply as apply_compute
 from harness.compute import compile_model, resolve_compute
 from harness.config import (COMPOSITION_ERRORS, load_data, make_model, make_schedule, one_line, optimizer_factory,
                             validate)
 from harness.data import Splits
 from harness.errors import ConfigError, HarnessError
+from harness.files import write_atomically
 from harness.models import count_parameters
 from harness.optim import build_optimizer, build_scheduler
 from harness.probes import Probes
-from harness.sweep import read_parent, write_outcome
-from harness.tracking import JobRun, device_name, open_experiment
+from harness.processes import die_with_parent
+from harness.sweep import expand_sweep, read_parent, stop_signal, write_outcome
+from harness.tracking import STORE_ERRORS, JobRun, TrackingError, device_name, open_experiment
 from harness.train import Setup, train
 
 log = logging.getLogger("harness")
@@ -53,10 +58,16 @@ OmegaConf.register_new_resolver(
     "harness.stamp", lambda: time.strftime("%Y-%m-%d/%H-%M-%S-") + secrets.token_hex(3), use_cache=True, replace=True)
 
 
+JOB_FILE = "job.json"  # in the job folder: which sweep and job it is, and its MLflow run
+
+
 @dataclass
 class JobInfo:
     """Where Hydra put this job: output folder, sweep folder (None for a single run), overrides,
-    and the config file chosen for each group."""
+    the config file chosen for each group, and its MLflow run once it has one.
+
+    A job folder that already has a job.json is a job being resumed (harness.runs resume, or
+    a requeued cluster job): its sweep, number and run come from there."""
 
     output_dir: Path
     log_file: Path
@@ -64,6 +75,7 @@ class JobInfo:
     num: int
     overrides: list
     choices: dict = field(default_factory=dict)
+    run_id: str | None = None
 
     @classmethod
     def from_hydra(cls) -> "JobInfo":
@@ -72,8 +84,20 @@ class JobInfo:
         in_sweep = hc.mode == RunMode.MULTIRUN
         choices = {group: choice for group, choice in hc.runtime.choices.items()
                    if choice is not None and not group.startswith(("hydra/", "schema/"))}
-        return cls(output_dir, output_dir / f"{hc.job.name}.log", Path(hc.sweep.dir) if in_sweep else None,
-                   hc.job.num if in_sweep else 0, list(hc.overrides.task), choices)
+        job = cls(output_dir, output_dir / f"{hc.job.name}.log", Path(hc.sweep.dir) if in_sweep else None,
+                  hc.job.num if in_sweep else 0, list(hc.overrides.task), choices)
+        if (output_dir / JOB_FILE).is_file():
+            saved = json.loads((output_dir / JOB_FILE).read_text())
+            job.sweep_dir = Path(saved["sweep_dir"]) if saved["sweep_dir"] else None
+            job.num, job.overrides, job.run_id = saved["num"], saved["overrides"], saved["run_id"]
+        return job
+
+    def save(self, tracking) -> None:
+        """`tracking`: the config's store, for harness.runs sync."""
+        write_atomically(self.output_dir / JOB_FILE, json.dumps({
+            "sweep_dir": str(self.sweep_dir) if self.sweep_dir else None, "num": self.num,
+            "overrides": self.overrides, "run_id": self.run_id, "uri": tracking.uri,
+            "experiment": tracking.experiment}))
 
 
 def main() -> None:
@@ -103,7 +127,9 @@ def check_command_line(argv: list) -> None:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             if not args.multirun:
-                validate(compose(config_name, overrides=args.overrides))
+                cfg = compose(config_name, overrides=args.overrides)
+                validate(cfg)
+                check_runs_folder(cfg)
                 return
             for overrides in sweep_jobs(config_name, args.overrides):
                 compose(config_name, overrides=overrides)
@@ -112,61 +138,112 @@ def check_command_line(argv: list) -> None:
 
 
 def sweep_jobs(config_name: str, overrides: list) -> list:
-    """Each job's overrides, as Hydra's basic sweeper will make them: the preset's
-    hydra.sweeper.params, then the command line's, expanded into their cartesian product."""
-    parser = OverridesParser.create()
-    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+    """Each job's overrides, as Hydra's basic sweeper will make them (harness.sweep.expand_sweep)."""
+    fixed = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
     primary = compose(config_name, overrides=fixed, return_hydra_config=True)
-    params = [f"{key}={value}" for key, value in (primary.hydra.sweeper.get("params") or {}).items()]
-    batches = BasicSweeper.split_arguments(parser.parse_overrides(params + list(overrides)), None)
-    return [job for batch in batches for job in batch]
+    check_runs_folder(primary)
+    return expand_sweep(dict(primary.hydra.sweeper.get("params") or {}), overrides)
+
+
+def check_runs_folder(cfg) -> None:
+    """paths.runs must be a folder this process can write: Hydra would fail there with a traceback."""
+    runs = Path(cfg.paths.runs)
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"paths.runs={str(runs)!r} cannot be created: {e.strerror}") from None
+    if not os.access(runs, os.W_OK):
+        raise ConfigError(f"paths.runs={str(runs)!r} is not writable: choose another folder")
 
 
 def run_job(cfg, job: JobInfo) -> str:
-    """Run one job; return its outcome ("finished", "diverged", "failed"), also written to its folder."""
+    """Run one job; return its outcome ("finished", "diverged", "failed", "killed"), also
+    written to its folder. A single run exits non-zero instead of returning a failure: 2 for a
+    bad value or dataset, 1 for other errors, 128 + N when signal N stopped it."""
     outcome = "failed"
+    parent = os.getppid()
     try:
         outcome = _run_job(cfg, job)
         return outcome
     finally:
         write_outcome(job.output_dir, outcome)
+        if in_joblib_worker() and os.getppid() != parent:  # the sweep's process died: no orphan stays
+            logging.shutdown()
+            os._exit(1)
 
 
 def _run_job(cfg, job: JobInfo) -> str:
+    if job.sweep_dir is not None and stop_signal(job.sweep_dir):
+        log.warning("not started: the sweep was told to stop")
+        return "killed"
+    if in_joblib_worker():
+        die_with_parent()  # if the sweep's process dies, stop as if sent SIGTERM
     run = None
-    try:
-        client, experiment_id = open_experiment(cfg.tracking.uri, cfg.tracking.experiment)
-        parent = read_parent(job.sweep_dir) if job.sweep_dir is not None else None
+    with StopRequests() as stop:
         try:
-            setup = build(cfg)
-        except HarnessError:
-            if parent is not None:  # the sweep records every job, the invalid ones too
-                run = JobRun.create(client, experiment_id, cfg, job, {}, parent)
-            raise
-        run = JobRun.create(client, experiment_id, cfg, job, {
-            "device": device_name(setup.device), **setup.compute.describe(),
-            "num_parameters": count_parameters(setup.model)}, parent)
-        run.log_text(setup.probes.layer_table(), contract.LAYER_TABLE)
-        outcome = train(setup, cfg.trainer, run.metrics)
-        for text, name in ((setup.probes.shift_table(), contract.SHIFT_TABLE),
-                           (setup.probes.sample_table(), contract.SHIFT_SAMPLE)):
-            if text:
-                run.log_text(text, name)
-        run.log_artifacts(job, cfg, setup.model)
-        run.finish(outcome.status)
-        return outcome.status
-    except BaseException as e:
-        if isinstance(e, HarnessError):
-            log.error("error: %s", e)  # the user's to fix: one line, no traceback
-        elif isinstance(e, Exception):
-            log.exception("job failed: %s", e)
-        if run is not None:
-            run.fail(e, job)
-        if not isinstance(e, Exception):  # KeyboardInterrupt, SystemExit: the run is ended, let it through
-            raise
-        if job.sweep_dir is None:
-            raise SystemExit(2 if isinstance(e, HarnessError) else 1)
-        return "failed"
+            client, experiment_id = open_experiment(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.timeout)
+            parent = read_parent(job.sweep_dir) if job.sweep_dir is not None else None
+            try:
+                setup = build(cfg)
+            except Exception as e:
+                if parent is not None or not isinstance(e, HarnessError):  # a sweep records every job
+                    run = _open_run(client, experiment_id, cfg, job, parent)
+                raise
+            run = _open_run(client, experiment_id, cfg, job, parent)
+            run.set_tags({"device": device_name(setup.device), **setup.compute.describe(),
+                          "num_parameters": count_parameters(setup.model)})
+            run.log_text(setup.probes.layer_table(), contract.LAYER_TABLE)
+            checkpoints = Checkpoints(job.output_dir, cfg.trainer.checkpoint_every, run.run_id, stop)
+            outcome = train(setup, cfg.trainer, run.metrics, checkpoints=checkpoints)
+            for text, name in ((setup.probes.shift_table(), contract.SHIFT_TABLE),
+                               (setup.probes.sample_table(), contract.SHIFT_SAMPLE)):
+                if text:
+                    run.log_text(text, name)
+            run.log_artifacts(job, cfg, setup.model)
+            run.finish(outcome.status)
+            checkpoints.path.unlink(missing_ok=True)  # nothing left to resume
+            return outcome.status
+        except BaseException as e:
+            return _record_failure(e, run, job)
+
+
+def in_joblib_worker() -> bool:
+    return multiprocessing.current_process().name.startswith("LokyProcess")
+
+
+def _open_run(client, experiment_id, cfg, job: JobInfo, parent) -> JobRun:
+    """The job's run: a new one, or the one a resumed job started (job.json)."""
+    if job.run_id:
+        return JobRun.reopen(client, job.run_id, job)
+    run = JobRun.create(client, experiment_id, cfg, job, parent)
+    job.run_id = run.run_id
+    job.save(cfg.tracking)
+    return run
+
+
+def _record_failure(error: BaseException, run: JobRun | None, job: JobInfo) -> str:
+    """Log the error (one line if it is the user's to fix), end the run, and return the outcome
+    (a sweep goes on) or, for a single run, exit with its status."""
+    if isinstance(error, Interrupted):
+        log.warning("%s at a step boundary: checkpoint saved in %s; resume with python -m harness.runs resume %s",
+                    error, job.output_dir, job.sweep_dir or job.output_dir)
+    elif isinstance(error, HarnessError):
+        log.error("error: %s", error)  # the user's to fix: one line, no traceback
+    elif isinstance(error, STORE_ERRORS):
+        log.error("error: the MLflow store failed: %s", str(error).splitlines()[0] if str(error) else type(error))
+    elif isinstance(error, Exception):
+        log.exception("job failed: %s", error)
+    if run is not None:
+        run.fail(error, job)
+    if not isinstance(error, Exception):  # KeyboardInterrupt (a second signal), SystemExit: let it through
+        raise error
+    outcome = "killed" if isinstance(error, Interrupted) else "failed"
+    if job.sweep_dir is None:
+        if isinstance(error, Interrupted):
+            raise SystemExit(128 + error.signum)
+        bad_input = isinstance(error, HarnessError) and not isinstance(error, TrackingError)
+        raise SystemExit(2 if bad_input else 1)
+    return outcome
 
 
 def build(cfg, splits: Splits | None = None) -> Setup:

@@ -42,10 +42,12 @@ class TrainBatches:
     def __len__(self) -> int:
         return len(self.x) // self.batch_size
 
-    def epoch(self):
+    def epoch(self, first_batch: int = 0):
+        """The epoch's batches from `first_batch` on (a resumed epoch: the generator is restored to
+        its state at the epoch's start, so the order and augmentation are the same again)."""
         order = torch.randperm(len(self.x), device=self.x.device, generator=self.generator)[:len(self) * self.batch_size]
         x, y = self.augment(self.x[order], self.generator), self.y[order]  # one uint8 copy of the epoch
-        for start in range(0, len(order), self.batch_size):
+        for start in range(first_batch * self.batch_size, len(order), self.batch_size):
             yield self.normalise(x[start:start + self.batch_size]), y[start:start + self.batch_size]
 
 

@@ -185,12 +185,14 @@ class TrainerConfig:
     eval_every: int = 1
     log_every: int = 50
     eval_batch_size: int = 1000
+    checkpoint_every: int = 1  # epochs between checkpoints in the job folder (0: only when stopped)
 
 
 @dataclass
 class TrackingConfig:
     uri: str = MISSING
     experiment: str = "harness"
+    timeout: float = 60.0  # seconds a tracking server may take to answer before a job gives up on it
 
 
 SCHEMAS = {
@@ -400,6 +402,7 @@ def _check_probes(p, image_size):
 def _check_trainer(t):
     for key in ("epochs", "batch_size", "eval_every", "log_every", "eval_batch_size"):
         _at_least(t, key, 1, "must be a positive integer")
+    _at_least(t, "checkpoint_every", 0)
     if t.steps is not None:
         _at_least(t, "steps", 1, "must be a positive integer (or null: train trainer.epochs)")
     if str(t.compile).lower() not in COMPILE_CHOICES:
@@ -420,6 +423,8 @@ def _check_tracking(t):
                         "(MLflow >= 3.13 refuses the ./mlruns file store)")
     if not t.experiment:
         _fail(t, "experiment", "must be a name")
+    if not t.timeout > 0:
+        _fail(t, "timeout", "must be a positive number of seconds")
 
 
 # ---------------------------------------------------------------- composition errors in one line

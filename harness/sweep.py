@@ -1,26 +1,40 @@
 """A multirun sweep's life in MLflow: its parent run, created before any job and ended exactly
-once, and the files in the sweep folder through which jobs find their parent and report
-their outcome (a job that dies before it can make a run still leaves its outcome)."""
+once, and the files in the sweep folder through which jobs find their parent, report their
+outcome (a job that dies before it can make a run still leaves its outcome), and learn that
+the sweep was told to stop.
+
+Files in the sweep folder: `mlflow_parent_run.json` (the parent run), `jobs.json` (every job's
+overrides, in job-number order: what `harness.runs resume` relaunches), `stop` (the signal the
+sweep got). In each job folder: `outcome.txt` (finished, diverged, failed or killed).
+"""
 
 import atexit
 import json
 import logging
-import socket
+import os
+import signal
+import sys
+import time
 from pathlib import Path
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from mlflow.entities import RunTag
 
 from harness import contract
-from harness.errors import HarnessError
+from harness.checkpoint import REPEAT_WINDOW_S, STOP_SIGNALS
 from harness.files import write_atomically
-from harness.tracking import TrackingError, git_state, open_experiment
+from harness.processes import worker_children
+from harness.tracking import STORE_ERRORS, TrackingError, git_state, open_experiment, redact, this_process
 
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent_run.json"  # in the sweep folder: how jobs find their parent run
-OUTCOME_FILE = "outcome.txt"  # in each job's folder: finished, diverged or failed
+JOBS_FILE = "jobs.json"
+STOP_FILE = "stop"
+OUTCOME_FILE = "outcome.txt"  # in each job's folder
+DONE = ("finished", "diverged")  # outcomes a resume leaves alone
 
 
 class Sweep:
@@ -34,40 +48,79 @@ class Sweep:
     def start(cls, config) -> "Sweep":
         folder = Path(config.hydra.sweep.dir)
         sweep_id = f"{folder.parent.name}/{folder.name}"  # <date>/<time>-<random>
-        client, experiment_id = open_experiment(config.tracking.uri, config.tracking.experiment)
+        client, experiment_id = open_experiment(config.tracking.uri, config.tracking.experiment,
+                                                config.tracking.timeout)
         overrides = list(config.hydra.overrides.task)
-        swept = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
-        swept += [key for key in (config.hydra.sweeper.get("params") or {}) if key not in swept]  # presets' axes
+        params = dict(config.hydra.sweeper.get("params") or {})
+        parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()] + overrides)
+        swept = list(dict.fromkeys(o.key_or_group for o in parsed if o.is_sweep_override()))
         tags = {contract.RUN_NAME: f"sweep {sweep_id}", contract.SWEEP_ID: sweep_id, contract.KIND: contract.KIND_SWEEP,
-                contract.OVERRIDES: " ".join(overrides), contract.SWEPT: " ".join(swept),
-                "host": socket.gethostname(), **git_state(Path(config.paths.root))}
+                contract.OVERRIDES: redact(" ".join(overrides)), contract.SWEPT: " ".join(swept),
+                **this_process(), **git_state(Path(config.paths.root))}
         run = client.create_run(experiment_id, tags=tags, run_name=tags[contract.RUN_NAME])
         folder.mkdir(parents=True, exist_ok=True)
-        info = {"run_id": run.info.run_id, "experiment_id": experiment_id, "sweep_id": sweep_id, "swept": swept}
+        write_atomically(folder / JOBS_FILE, json.dumps(expand_sweep(params, overrides)))
+        info = {"run_id": run.info.run_id, "experiment_id": experiment_id, "sweep_id": sweep_id, "swept": swept,
+                "uri": config.tracking.uri, "experiment": config.tracking.experiment}
         write_atomically(folder / PARENT_FILE, json.dumps(info))
-        log.info("sweep %s: MLflow parent run %s in %s", sweep_id, run.info.run_id, config.tracking.uri)
+        log.info("sweep %s: MLflow parent run %s in %s", sweep_id, run.info.run_id, redact(config.tracking.uri))
         return cls(client, run.info.run_id, folder, sweep_id)
+
+    @classmethod
+    def reopen(cls, folder: Path, timeout: float = 60) -> "Sweep":
+        """The parent of an existing sweep folder, RUNNING again (harness.runs resume)."""
+        info = read_parent(folder)
+        client, _ = open_experiment(info["uri"], info["experiment"], timeout)
+        client.update_run(info["run_id"], status="RUNNING")
+        (folder / STOP_FILE).unlink(missing_ok=True)
+        return cls(client, info["run_id"], folder, info["sweep_id"])
 
     def end(self, completed: bool) -> int:
         """End the parent run; return how many jobs failed. Safe to call twice.
 
         Outcomes are read from the jobs' own folders rather than from MLflow, so a job that
-        failed before it could create its run, or never finished, still counts.
+        failed before it could create its run, or never finished, still counts. A job run
+        still RUNNING (its process died) is ended KILLED. The parent is KILLED if the sweep
+        was told to stop, FAILED if a job failed or the sweep did not complete.
         """
         if self.ended:
             return 0
         self.ended = True
         outcomes = [read_outcome(folder.parent) for folder in sorted(self.folder.glob("*/.hydra"))]
-        failed = sum(o not in ("finished", "diverged") for o in outcomes)
+        failed = sum(o not in DONE for o in outcomes)
         diverged = outcomes.count("diverged")
-        self.client.log_batch(self.run_id, tags=[RunTag("jobs", str(len(outcomes))),
-                                                 RunTag("jobs_failed", str(failed)),
-                                                 RunTag("jobs_diverged", str(diverged))])
-        status = "FINISHED" if completed and not failed else "FAILED"
-        self.client.set_terminated(self.run_id, status)
+        stopped = stop_signal(self.folder)
+        try:
+            self._end_orphans()
+            self.client.log_batch(self.run_id, tags=[RunTag("jobs", str(len(outcomes))),
+                                                     RunTag("jobs_failed", str(failed)),
+                                                     RunTag("jobs_diverged", str(diverged))])
+            status = "KILLED" if stopped else "FINISHED" if completed and not failed else "FAILED"
+            self.client.set_terminated(self.run_id, status)
+        except STORE_ERRORS as e:
+            log.error("could not end the sweep's parent run %s: %s", self.run_id, str(e).splitlines()[0])
         summary = f"sweep {self.sweep_id}: {len(outcomes)} jobs, {failed} failed, {diverged} diverged"
+        if stopped:
+            summary += f", stopped by {signal.Signals(stopped).name} (python -m harness.runs resume {self.folder})"
         (log.warning if failed or not completed else log.info)(summary)
         return failed
+
+    def _end_orphans(self) -> None:
+        children = self.client.search_runs(
+            [read_parent(self.folder)["experiment_id"]],
+            f"tags.`{contract.PARENT}` = '{self.run_id}' and attributes.status = 'RUNNING'")
+        for run in children:
+            self.client.set_tag(run.info.run_id, contract.OUTCOME, "killed")
+            self.client.set_tag(run.info.run_id, "killed_by", "the sweep's end: its process was gone")
+            self.client.set_terminated(run.info.run_id, "KILLED")
+
+
+def expand_sweep(params: dict, overrides: list) -> list:
+    """Each job's overrides, numbered as Hydra's basic sweeper (and the joblib launcher) number
+    them: the preset's hydra.sweeper.params, then the command line's, in their cartesian product."""
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides([f"{key}={value}" for key, value in params.items()] + list(overrides))
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
 def write_outcome(job_dir: Path, outcome: str) -> None:
@@ -86,12 +139,39 @@ def read_parent(sweep_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def stop_signal(sweep_dir: Path) -> int | None:
+    """The signal the sweep was told to stop by, if it was."""
+    path = sweep_dir / STOP_FILE
+    return int(path.read_text()) if path.is_file() else None
+
+
+def stop_sweep_on_signals(sweep_dir: Path) -> None:
+    """In the sweep's main process: SIGTERM or SIGINT mark the sweep stopped (no job starts
+    after) and are passed to the joblib workers, whose jobs then checkpoint and end KILLED; a
+    second one stops at once. Jobs in this process chain to this handler (harness.checkpoint)."""
+    def handler(signum, frame):
+        if stop_signal(sweep_dir) is not None:
+            if time.monotonic() - handler.first > REPEAT_WINDOW_S:
+                raise KeyboardInterrupt
+            return  # the same request again (a terminal's Ctrl-C also reaches every worker)
+        handler.first = time.monotonic()
+        write_atomically(sweep_dir / STOP_FILE, str(signum))
+        log.warning("sweep: %s received, stopping at the next step boundary", signal.Signals(signum).name)
+        for pid in worker_children():
+            os.kill(pid, signum)
+
+    handler.chain = True
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
+
+
 class SweepCallback(Callback):
     """Hydra callback: one MLflow parent run per multirun sweep.
 
     The parent is created in on_multirun_start, before any job (and before any job could
     race on a fresh SQLite file). Hydra skips on_multirun_end when a job raised, so the
-    parent is also ended at interpreter exit, marked FAILED.
+    parent is also ended at interpreter exit, marked FAILED (KILLED if stopped). The exit
+    status says what happened: 1 if a job failed, 128 + N if signal N stopped the sweep.
     """
 
     sweep = None
@@ -99,11 +179,18 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config, **kwargs):
         try:
             self.sweep = Sweep.start(config)
-        except HarnessError as e:
-            log.error("error: %s", e)
-            raise SystemExit(2)  # Hydra turns Exceptions from callbacks into warnings
+        except Exception as e:  # Hydra turns exceptions from callbacks into warnings: exit here
+            print(f"error: the sweep's parent run could not be created: {redact(str(e).splitlines()[0])}",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
         atexit.register(self.sweep.end, completed=False)
+        stop_sweep_on_signals(self.sweep.folder)
 
     def on_multirun_end(self, config, **kwargs):
-        if self.sweep is not None and self.sweep.end(completed=True):
+        if self.sweep is None:
+            return
+        failed = self.sweep.end(completed=True)
+        if stopped := stop_signal(self.sweep.folder):
+            raise SystemExit(128 + stopped)
+        if failed:
             raise SystemExit(1)  # the sweep went on past failed jobs; the exit status still tells

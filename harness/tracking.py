@@ -6,12 +6,16 @@ process-global (Hydra's basic launcher runs every job in one process) and it obe
 MLFLOW_RUN_ID from the environment, which would pour every job into one run.
 """
 
+import base64
 import contextlib
+import json
 import logging
 import os
 import platform
+import re
 import socket
 import subprocess
+import tempfile
 import time
 import traceback
 import urllib.parse
@@ -22,14 +26,21 @@ import torch
 from omegaconf import OmegaConf
 
 from harness import contract
+from harness.checkpoint import Interrupted
 from harness.errors import ConfigError, HarnessError
-from harness.files import folder_lock
+from harness.files import folder_lock, write_atomically
+from harness.processes import start_time
 
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run" per run
 
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from requests.exceptions import RequestException  # noqa: E402
+from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
+
+# what a store that cannot be reached or written raises through MLflow's client
+STORE_ERRORS = (MlflowException, SQLAlchemyError, RequestException, OSError)
 
 log = logging.getLogger(__name__)
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial MLflow database tables..."
@@ -39,27 +50,51 @@ class TrackingError(HarnessError):
     """The MLflow store cannot be reached or used as configured."""
 
 
+# ---------------------------------------------------------------- credentials
+
+_CREDENTIALS = re.compile(r"(?<=://)([^/@\s:]+):([^/@\s]+)@")
+
+
+def redact(text: str) -> str:
+    """URLs with user:password@ keep the user and lose the password."""
+    return _CREDENTIALS.sub(r"\1:***@", text)
+
+
+class RedactCredentials(logging.Filter):
+    """A logging filter (conf/hydra/job_logging): no password from a tracking URI in a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if _CREDENTIALS.search(message):
+            record.msg, record.args = redact(message), None
+        return True
+
+
 # ---------------------------------------------------------------- the store
 
 
-def open_experiment(uri: str, name: str):
-    """(client, experiment_id), creating the experiment if needed.
+def open_experiment(uri: str, name: str, timeout: float = 60):
+    """(client, experiment_id), creating the experiment if needed; TrackingError in seconds,
+    in one line, where the store cannot be used.
 
     For a SQLite store the experiment's artifacts go beside the database file, at an
-    absolute location: MLflow's default would resolve against the working directory.
+    absolute location: MLflow's default would resolve against the working directory. For a
+    server, MLflow's HTTP retries are bounded so that a server that stops answering costs at
+    most about `timeout` seconds per request.
     """
     artifact_location = None
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         if not db.is_absolute():
             raise ConfigError(f"tracking.uri={uri!r} must name an absolute path: sqlite:////abs/path/mlflow.db")
-        db.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(db)
         artifact_location = (db.parent / "artifacts" / urllib.parse.quote(name, safe="")).as_uri()
     elif uri.startswith(("http://", "https://")):
+        bound_http_retries(timeout)
         _check_server(uri)
     else:
         raise ConfigError(
-            f"tracking.uri={uri!r} is not supported: use sqlite:////abs/path/mlflow.db or http://HOST:PORT "
+            f"tracking.uri={redact(uri)!r} is not supported: use sqlite:////abs/path/mlflow.db or http://HOST:PORT "
             "(MLflow >= 3.13 refuses the ./mlruns file store)"
         )
     # processes opening a fresh SQLite file at once race on its schema migration, which
@@ -76,25 +111,56 @@ def open_experiment(uri: str, name: str):
                     experiment = client.get_experiment_by_name(name)
                     if experiment is None:
                         raise
-    except MlflowException as e:
-        raise TrackingError(f"cannot use MLflow store {uri}: {str(e).splitlines()[0]}") from None
+    except STORE_ERRORS as e:
+        raise TrackingError(f"cannot use MLflow store {redact(uri)}: {_first_line(e)}") from None
     if experiment.lifecycle_stage != "active":
         raise TrackingError(
-            f"tracking.experiment={name!r} is deleted in {uri}: restore it "
+            f"tracking.experiment={name!r} is deleted in {redact(uri)}: restore it "
             f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or choose another name"
         )
     return client, experiment.experiment_id
 
 
+def check_writable(db: Path) -> None:
+    """A SQLite store needs its folder (for its journal) and its file writable; MLflow would find
+    out after minutes of retries."""
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrackingError(f"cannot create the MLflow store's folder {db.parent}: {e.strerror}") from None
+    if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+        raise TrackingError(f"the MLflow store {db} is read-only: choose a writable place with "
+                            "tracking.uri=sqlite:////abs/path/mlflow.db (or paths.runs=DIR)")
+
+
+def bound_http_retries(timeout: float) -> None:
+    """MLflow reads these at each request: a few seconds per attempt, two retries."""
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, int(timeout / 4)))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "2"
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0"
+
+
 def _check_server(uri: str) -> None:
     """Fail in seconds with one line, rather than after MLflow's minutes of retries."""
+    url = urllib.parse.urlsplit(uri)
+    request = urllib.request.Request(url._replace(netloc=url.hostname + (f":{url.port}" if url.port else ""),
+                                                  path=url.path.rstrip("/") + "/health").geturl())
+    if url.username:  # credentials in the URI: basic auth, as MLflow sends them
+        token = base64.b64encode(f"{url.username}:{url.password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).close()
+        urllib.request.urlopen(request, timeout=10).close()
     except OSError as e:
         raise TrackingError(
-            f"no MLflow server answers at tracking.uri={uri} ({e}): start one with "
+            f"no MLflow server answers at tracking.uri={redact(uri)} ({e}): start one with "
             "`mlflow server --host 127.0.0.1 --port PORT --backend-store-uri sqlite:////abs/path/mlflow.db`"
         ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return redact(lines[0] if lines else type(error).__name__)
 
 
 # ---------------------------------------------------------------- run metadata
@@ -109,7 +175,7 @@ def flatten(cfg) -> dict:
             if isinstance(value, dict):
                 walk(value, f"{prefix}{key}.")
             elif key != "_partial_":
-                flat[f"{prefix}{key}"] = str(value)
+                flat[f"{prefix}{key}"] = redact(str(value))
 
     walk(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "")
     return flat
@@ -137,8 +203,7 @@ def device_name(device: torch.device) -> str:
 
 
 def _error_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:5000]
+    return f"{type(error).__name__}: {_first_line(error)}"[:5000]
 
 
 # ---------------------------------------------------------------- one job
@@ -147,27 +212,37 @@ def _error_line(error: BaseException) -> str:
 class JobRun:
     """The MLflow run of one job: params and tags up front, metrics in batches, always ended."""
 
-    def __init__(self, client, run_id):
+    def __init__(self, client, run_id, journal: Path | None = None):
         self.client, self.run_id = client, run_id
-        self.metrics = MetricBuffer(client, run_id)
+        self.metrics = MetricBuffer(client, run_id, journal)
 
     @classmethod
-    def create(cls, client, experiment_id, cfg, job, tags: dict, parent: dict | None = None) -> "JobRun":
+    def create(cls, client, experiment_id, cfg, job, parent: dict | None = None) -> "JobRun":
         """parent: the sweep's parent run (harness.sweep.read_parent), for a job of a sweep."""
-        all_tags = {contract.OVERRIDES: " ".join(job.overrides), "host": socket.gethostname(),
-                    "torch_version": torch.__version__, **git_state(Path(cfg.paths.root)),
-                    **{contract.choice_tag(group): choice for group, choice in job.choices.items()}, **tags}
+        all_tags = {contract.OVERRIDES: redact(" ".join(job.overrides)), "torch_version": torch.__version__,
+                    **git_state(Path(cfg.paths.root)), **this_process(),
+                    **{contract.choice_tag(group): choice for group, choice in job.choices.items()}}
         name = "default" if not job.overrides else " ".join(job.overrides)
         if parent is not None:
             swept = [o for o in job.overrides if o.split("=", 1)[0] in parent["swept"]]
             name = f"#{job.num} " + (" ".join(swept) or name)
             all_tags.update({contract.PARENT: parent["run_id"], contract.SWEEP_ID: parent["sweep_id"],
                              contract.JOB_NUM: str(job.num)})
-        all_tags[contract.RUN_NAME] = name[:250]
+        all_tags[contract.RUN_NAME] = redact(name)[:250]
         all_tags = {key: str(value) for key, value in all_tags.items()}  # the REST API takes strings only
         run = client.create_run(experiment_id, tags=all_tags, run_name=all_tags[contract.RUN_NAME])
-        job_run = cls(client, run.info.run_id)
+        job_run = cls(client, run.info.run_id, job.output_dir)
         job_run.log_params(flatten(cfg))
+        return job_run
+
+    @classmethod
+    def reopen(cls, client, run_id: str, job) -> "JobRun":
+        """Continue a job's run (a resumed job): RUNNING again, the new process in its tags;
+        metrics the journal kept are sent first."""
+        job_run = cls(client, run_id, job.output_dir)
+        client.update_run(run_id, status="RUNNING")
+        job_run.set_tags({**this_process(), contract.OUTCOME: "running"})
+        job_run.metrics.send_kept()
         return job_run
 
     def log_params(self, params: dict) -> None:
@@ -175,17 +250,21 @@ class JobRun:
         self.client.log_batch(self.run_id, params=[Param(k, v[:6000]) for k, v in params.items()], synchronous=True)
 
     def set_tags(self, tags: dict) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
 
     def log_text(self, text: str, name: str) -> None:
         self.client.log_text(self.run_id, text, name)
 
     def log_artifacts(self, job, cfg, model=None) -> None:
-        """Resolved config, Hydra's .hydra/ folder, the job log and the model weights."""
-        (job.output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        """Resolved config, Hydra's .hydra/ folder, the job log and the model weights (credentials
+        in a tracking URI are left out of every file)."""
+        (job.output_dir / "config_resolved.yaml").write_text(redact(OmegaConf.to_yaml(cfg, resolve=True)))
         self.client.log_artifact(self.run_id, str(job.output_dir / "config_resolved.yaml"))
         if (job.output_dir / ".hydra").is_dir():
-            self.client.log_artifacts(self.run_id, str(job.output_dir / ".hydra"), "hydra")
+            with tempfile.TemporaryDirectory() as copy:
+                for path in (job.output_dir / ".hydra").glob("*.yaml"):
+                    (Path(copy) / path.name).write_text(redact(path.read_text()))
+                self.client.log_artifacts(self.run_id, copy, "hydra")
         if model is not None:
             weights = job.output_dir / "model_weights.pt"
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
@@ -199,22 +278,32 @@ class JobRun:
             self.client.log_artifact(self.run_id, str(job.log_file))
 
     def fail(self, error: BaseException, job) -> None:
-        """Record an exception: tag, traceback artifact, FAILED status (KILLED if interrupted)."""
-        interrupted = isinstance(error, KeyboardInterrupt)
+        """Record an exception: tag, traceback artifact, FAILED status (KILLED if stopped by a
+        signal or Ctrl-C). A store that cannot be reached leaves the run as it is."""
+        killed = isinstance(error, (Interrupted, KeyboardInterrupt))
+        trace = job.output_dir / "traceback.txt"
+        trace.write_text(redact("".join(traceback.format_exception(error))))
+        if isinstance(error, (TrackingError, *STORE_ERRORS)):
+            return  # the store is what failed: waiting on it again would only add its timeouts
         try:
             self.metrics.flush()
-            self.set_tags({contract.ERROR: _error_line(error), contract.OUTCOME: "killed" if interrupted else "failed"})
-            trace = job.output_dir / "traceback.txt"
-            trace.write_text("".join(traceback.format_exception(error)))
+            self.set_tags({contract.ERROR: _error_line(error), contract.OUTCOME: "killed" if killed else "failed"})
             self.client.log_artifact(self.run_id, str(trace))
             self.log_job_log(job)
-        finally:
-            self.client.set_terminated(self.run_id, "KILLED" if interrupted else "FAILED")
+            self.client.set_terminated(self.run_id, "KILLED" if killed else "FAILED")
+        except (TrackingError, *STORE_ERRORS) as e:
+            log.error("could not record the run's end in MLflow (%s): `python -m harness.runs stale --fix` "
+                      "ends it later", _first_line(e))
 
     def finish(self, outcome: str) -> None:
         self.metrics.flush()
         self.set_tags({contract.OUTCOME: outcome, contract.DIVERGED: str(outcome == "diverged").lower()})
         self.client.set_terminated(self.run_id, "FINISHED")
+
+
+def this_process() -> dict:
+    """Tags that say which process runs a run: `harness.runs stale` finds runs whose process is gone."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "pid_start": start_time(os.getpid()) or ""}
 
 
 class MetricBuffer:
@@ -223,23 +312,69 @@ class MetricBuffer:
     `add` never reads a device tensor (no host-device sync per step); `flush` copies every
     pending tensor to the host in one transfer and hands them all to one log_batch call
     (MLflow splits it into requests of the size its store accepts).
+
+    With a journal folder (the job's), what is sent is first written to `metrics_unsent.jsonl`
+    there, and removed once the store has it; `metrics_sent.json` keeps the last step sent of
+    each metric. A resumed job re-sends what was kept (the same points: the store drops
+    duplicates) and drops the points it computes again up to those steps; a job whose store
+    stopped answering leaves the file for `python -m harness.runs sync`.
     """
 
-    def __init__(self, client, run_id):
-        self.client, self.run_id = client, run_id
+    UNSENT, SENT = "metrics_unsent.jsonl", "metrics_sent.json"
+
+    def __init__(self, client, run_id, journal: Path | None = None):
+        self.client, self.run_id, self.journal = client, run_id, journal
         self.pending = []  # (key, value, step, timestamp_ms)
+        self.sent = json.loads((journal / self.SENT).read_text()) if journal and (journal / self.SENT).is_file() else {}
 
     def add(self, step: int, metrics: dict) -> None:
         now = int(time.time() * 1000)
         self.pending.extend((key, value, step, now) for key, value in metrics.items())
 
-    def flush(self) -> list:
-        """Send everything pending; return it as [(key, float value, step)]."""
+    def flush(self, before_sending=None) -> list:
+        """Send everything pending that the store does not have yet; return all of it as
+        [(key, float value, step)]. `before_sending()` runs once the points are on the host and
+        in the journal (the training loop checkpoints there)."""
+        rows = self._to_host()
+        new = [row for row in rows if row[2] > self.sent.get(row[0], -1)]
+        if self.journal and new:
+            with open(self.journal / self.UNSENT, "a") as f:
+                f.writelines(json.dumps(row) + "\n" for row in new)
+                f.flush()
+                os.fsync(f.fileno())
+        if before_sending:
+            before_sending()
+        if new:
+            self._send(new)
+        return [(k, v, s) for k, v, s, _ in rows]
+
+    def send_kept(self) -> int:
+        """Send what an earlier process of this job left in the journal; return how many points."""
+        path = self.journal / self.UNSENT
+        if not path.is_file():
+            return 0
+        rows = [tuple(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+        self._send(rows)
+        return len(rows)
+
+    def _to_host(self) -> list:
         if not self.pending:
             return []
         tensors = [v for _, v, _, _ in self.pending if isinstance(v, torch.Tensor)]
         host = iter(torch.stack([t.detach().float().reshape(()) for t in tensors]).cpu().tolist()) if tensors else None
         rows = [(k, next(host) if isinstance(v, torch.Tensor) else float(v), s, t) for k, v, s, t in self.pending]
         self.pending = []
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, t, s) for k, v, s, t in rows], synchronous=True)
-        return [(k, v, s) for k, v, s, _ in rows]
+        return rows
+
+    def _send(self, rows: list) -> None:
+        try:
+            self.client.log_batch(self.run_id, metrics=[Metric(k, v, t, s) for k, v, s, t in rows], synchronous=True)
+        except STORE_ERRORS as e:
+            kept = f": they are kept in {self.journal / self.UNSENT}" if self.journal else ""
+            raise TrackingError(f"the MLflow store did not take {len(rows)} metric points ({_first_line(e)}){kept}; "
+                                "`python -m harness.runs sync JOB_FOLDER` sends them later") from None
+        if self.journal:
+            for key, _, step, _ in rows:
+                self.sent[key] = max(step, self.sent.get(key, -1))
+            write_atomically(self.journal / self.SENT, json.dumps(self.sent))
+            (self.journal / self.UNSENT).unlink(missing_ok=True)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from harness import contract
 from harness.batches import Normalise, TrainBatches, eval_batches
+from harness.checkpoint import Checkpoints, Interrupted
 from harness.compute import Compute
 from harness.data import Splits
 from harness.probes import Probes
@@ -106,12 +107,22 @@ class TrainWindow:
         self.__init__(self.loss.device)
         return means
 
+    def state_dict(self) -> dict:
+        return {"loss": self.loss.cpu(), "correct": self.correct.cpu(), "steps": self.steps, "images": self.images}
 
-def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext) -> Outcome:
+    def load_state_dict(self, state: dict) -> None:
+        self.loss.copy_(state["loss"])
+        self.correct.copy_(state["correct"])
+        self.steps, self.images = state["steps"], state["images"]
+
+
+def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext, checkpoints: Checkpoints | None = None) -> Outcome:
     """Train for the configured steps; log to `metrics` (a tracking.MetricBuffer).
 
     step_context() is entered around each step (harness.syncs checks there that no step
-    waits for the device).
+    waits for the device). With `checkpoints`, training starts from the saved checkpoint if
+    there is one, saves one every checkpoints.every epochs, and on a stop request saves one at
+    the next step boundary and raises Interrupted.
     """
     model, scheduler, batches, probes = setup.model, setup.scheduler, setup.batches, setup.probes
     device, normalise, eval_batch = setup.device, setup.normalise, cfg_trainer.eval_batch_size
@@ -121,17 +132,31 @@ def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext) -> Outco
     epochs = math.ceil(total_steps / steps_per_epoch)
     val_x, val_y = setup.splits.val_x.to(device), setup.splits.val_y.to(device)
     progress, window = Progress(), TrainWindow(device)
+    step, first_epoch, epoch_step, final = 0, 1, 0, {}
+    resumed = checkpoints.load() if checkpoints else None
+    if resumed:
+        step, first_epoch, epoch_step = resumed["step"], resumed["epoch"], resumed["epoch_step"]
+        _restore(setup, window, resumed)
+        log.info("resuming at step %d (epoch %d) from %s", step, first_epoch, checkpoints.path)
     log.info("training %d steps (%d epochs of %d steps, batch %d) on %s: %s",
              total_steps, epochs, steps_per_epoch, batches.batch_size, device,
              ", ".join(f"{k} {v}" for k, v in setup.compute.describe().items()))
 
-    step, final = 0, {}
+    def save(epoch, at_step, epoch_start_rng):
+        checkpoints.save({"step": step, "epoch": epoch, "epoch_step": at_step, "generator": epoch_start_rng,
+                          "window": window.state_dict(), "model": model.state_dict(),
+                          "optimizer": setup.optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+
     model.train()
-    for epoch in range(1, epochs + 1):
-        start, epoch_start_step = time.perf_counter(), step
+    for epoch in range(first_epoch, epochs + 1):
+        start, epoch_start_step = time.perf_counter(), step - epoch_step
         epoch_steps = min(steps_per_epoch, total_steps - epoch_start_step)
-        epoch_batches = batches.epoch()
-        for _ in range(epoch_steps):
+        epoch_start_rng = batches.generator.get_state()  # what regenerates this epoch's batches
+        epoch_batches = batches.epoch(first_batch=epoch_step)
+        for _ in range(epoch_steps - epoch_step):
+            if checkpoints and checkpoints.stop_signal:
+                metrics.flush(before_sending=lambda: save(epoch, step - epoch_start_step, epoch_start_rng))
+                raise Interrupted(checkpoints.stop_signal)
             with step_context():
                 x, y = next(epoch_batches)
                 lr = scheduler.get_last_lr()[0]
@@ -144,18 +169,23 @@ def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext) -> Outco
                     progress.update(epoch, epochs, step - epoch_start_step, epoch_steps)
         if window.steps:  # every epoch ends with a log point
             metrics.add(step, {**window.take(), contract.LR: lr})
+        steps_run, epoch_step = epoch_steps - epoch_step, 0
 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
-        images_per_sec = epoch_steps * batches.batch_size / seconds
+        images_per_sec = steps_run * batches.batch_size / seconds
         metrics.add(step, {contract.EPOCH_TIME: seconds, contract.IMAGES_PER_SEC: images_per_sec, "epoch": epoch})
         if len(val_x) and (epoch % cfg_trainer.eval_every == 0 or step == total_steps):  # data.val_size=0: none
             val_loss, val_acc = evaluate(model, val_x, val_y, normalise, eval_batch, mixed)
             metrics.add(step, {contract.VAL_LOSS: val_loss, contract.VAL_ACC: val_acc})
             metrics.add(step, probes.evaluate("val", step, val_x, val_y, normalise, eval_batch, mixed))
         progress.clear()
-        final.update((key, value) for key, value, _ in metrics.flush())
+        # the checkpoint goes between staging the metrics and sending them: whatever happens to
+        # the store, a resumed job neither repeats nor misses a point (tracking.MetricBuffer)
+        due = checkpoints and checkpoints.due(epoch) and step < total_steps
+        checkpoint = (lambda: save(epoch + 1, 0, batches.generator.get_state())) if due else None
+        final.update((key, value) for key, value, _ in metrics.flush(before_sending=checkpoint))
         log.info("epoch %d/%d step %d: %s", epoch, epochs, step, _summary(final, images_per_sec))
         if not math.isfinite(final[contract.TRAIN_LOSS]):
             log.warning("training loss is %s at step %d: the run diverged, stopping", final[contract.TRAIN_LOSS], step)
@@ -164,6 +194,14 @@ def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext) -> Outco
     final.update(final_test(setup, step, eval_batch, metrics))
     log.info("test: loss %.4f, accuracy %.4f", final[contract.TEST_LOSS], final[contract.TEST_ACC])
     return Outcome("finished", step, final)
+
+
+def _restore(setup: Setup, window: TrainWindow, state: dict) -> None:
+    setup.model.load_state_dict(state["model"])
+    setup.optimizer.load_state_dict(state["optimizer"])
+    setup.scheduler.load_state_dict(state["scheduler"])
+    setup.batches.generator.set_state(state["generator"])
+    window.load_state_dict(state["window"])
 
 
 def train_step(setup: Setup, x, y, step: int, lr: float, metrics):

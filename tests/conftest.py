@@ -1,8 +1,13 @@
 """Helpers for tests that drive the real CLI against a temporary MLflow store."""
 
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -68,3 +73,40 @@ def recompute_test_metrics(uri: str, run) -> tuple:
     with torch.no_grad():
         logits = model.eval()(torch.tensor(x, dtype=torch.float32))
     return (logits.argmax(1) == splits.test_y).double().mean().item(), F.cross_entropy(logits, splits.test_y).item()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(folder: Path, port: int | None = None):
+    """(process, url) of a real `mlflow server` on 127.0.0.1 with a SQLite store and artifacts in
+    `folder`, once it answers /health; it runs in a process group of its own."""
+    port = port or free_port()
+    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    command = [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{folder}/server.db",
+               "--artifacts-destination", str(folder / "server-artifacts")]
+    with open(folder / "server.log", "a") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).close()
+            return server, url
+        except OSError:
+            if server.poll() is not None or time.time() > deadline:
+                stop_process_group(server)
+                pytest.fail("mlflow server did not start:\n" + (folder / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+
+
+def stop_process_group(process, signum=signal.SIGTERM) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        return
+    process.wait(timeout=30)

@@ -1,7 +1,5 @@
-import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from harness.augment import Augment, random_flip, translate
 from harness.batches import Normalise, TrainBatches

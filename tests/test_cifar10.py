@@ -122,3 +122,26 @@ def test_existing_archive_with_wrong_checksum_is_refused(tmp_path):
     with pytest.raises(DataError, match="delete it"):
         ensure_cifar10(root, "http://127.0.0.1:9/x", "0" * 32, download=True)
     assert not (root / "cifar-10-batches-py").exists()
+
+
+class RunsAShellCommand:
+    """What a crafted data_batch_1 carries: unpickling it would call os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_crafted_batch_file_is_refused_not_run(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_canonical_cifar10(folder)
+    marker = tmp_path / "it-ran"
+    with open(folder / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": RunsAShellCommand(marker), b"labels": [0]}, f, protocol=2)
+    with pytest.raises(DataError, match="data_batch_1.*asks for posix.system"):
+        read_cifar10(folder)
+    assert not marker.exists()

@@ -2,12 +2,8 @@
 127.0.0.1 whose REST API (what the MLflow UI reads) must show the sweep."""
 
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,40 +14,16 @@ from omegaconf import OmegaConf
 from harness.app import JobInfo
 from harness.tracking import JobRun, MetricBuffer, open_experiment
 
-from conftest import PROJECT_ROOT, run_cli
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import PROJECT_ROOT, run_cli, start_mlflow_server, stop_process_group
 
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = free_port()
-    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    command = [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-               "--artifacts-destination", str(tmp_path / "server-artifacts")]
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_mlflow_server(tmp_path)
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    pytest.fail("mlflow server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
-                time.sleep(0.5)
         yield url
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
-        log.close()
+        stop_process_group(server)
 
 
 def rest(url, endpoint, body=None):
@@ -110,9 +82,10 @@ def test_fresh_sqlite_store_opened_by_many_processes_at_once(tmp_path):
 
 def test_failed_job_records_error_traceback_and_status(tmp_path):
     client, experiment_id = open_experiment(f"sqlite:///{tmp_path}/t.db", "failures")
-    cfg = OmegaConf.create({"paths": {"root": str(PROJECT_ROOT)}, "model": {"depth": 8}})
+    cfg = OmegaConf.create({"paths": {"root": str(PROJECT_ROOT)}, "model": {"depth": 8},
+                            "tracking": {"uri": f"sqlite:///{tmp_path}/t.db", "experiment": "failures"}})
     job = JobInfo(output_dir=tmp_path, log_file=tmp_path / "harness.log", sweep_dir=None, num=0, overrides=[])
-    run = JobRun.create(client, experiment_id, cfg, job, {})
+    run = JobRun.create(client, experiment_id, cfg, job)
     run.metrics.add(1, {"train/loss": torch.tensor(2.5)})
     try:
         raise RuntimeError("CUDA out of memory (simulated)\nsecond line")

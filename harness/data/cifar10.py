@@ -67,11 +67,25 @@ def _read_batch(path: Path):
     return x, y
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """CIFAR-10's batches are dicts of bytes, ints, lists and one numpy array: anything else a
+    pickle asks for (os.system, say, in a crafted file) is refused, not called."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR-10 batch never holds")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path):
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError) as e:
+            return _ArraysOnly(f, encoding="bytes").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
         raise DataError(f"cannot read CIFAR-10 file {path}: {e}") from None
 
 

@@ -83,7 +83,7 @@ def _decode(files: dict, classes: list):
             try:
                 with Image.open(path) as im:
                     array = np.asarray(im.convert("L" if im.mode in GRAYSCALE_MODES else "RGB"))
-            except OSError as e:
+            except (OSError, Image.DecompressionBombError) as e:  # a bomb: far more pixels than a dataset image
                 raise DataError(f"cannot decode image {path}: {e}") from None
             if size is None:
                 size = array.shape[:2]

@@ -1,0 +1,286 @@
+"""Never lose a run: real signals to the real CLI, resume bit for bit, stale runs, a real
+`mlflow server` that dies mid-job, store errors in one line, failed jobs recorded."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.artifacts import download_artifacts
+from PIL import Image
+
+from conftest import PROJECT_ROOT, all_runs, run_cli, start_mlflow_server, stop_process_group
+
+pytestmark = pytest.mark.slow
+
+# 128 steps an epoch (4096 training images, batch 32), three epochs, fp32: bit-identical reruns on a CPU
+SMALL = ["data=synthetic", "data.train_size=4608", "data.val_size=512", "data.test_size=256", "model.depth=8",
+         "trainer.batch_size=32", "trainer.epochs=3", "trainer.log_every=8", "trainer.precision=fp32",
+         "trainer.device=cpu", "probes.shift.images=32", "probes.shift.val_images=16"]
+LONG = ["data=synthetic", "trainer=smoke", "trainer.steps=100000"]  # stopped by the test
+
+
+def launch(*args, runs_dir: Path, uri: str | None = None, new_session=False):
+    uri = uri or f"sqlite:///{runs_dir}/mlflow.db"
+    command = [sys.executable, "-m", "harness", *args, f"paths.runs={runs_dir}", f"tracking.uri={uri}"]
+    return subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=new_session)
+
+
+def harness_runs(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "harness.runs", *args], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def wait_for(condition, timeout=120, what="the condition"):
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.3)
+
+
+def job_runs(uri):
+    client, runs = all_runs(uri)
+    return client, [r for r in runs if r.data.tags.get("kind") != "sweep"], [r for r in runs if r.data.tags.get("kind") == "sweep"]
+
+
+def training(runs_dir, count):
+    """`count` jobs have their run (a job writes job.json once its data, model and run exist);
+    the store is not read before: reading a SQLite file while it is created races its migration."""
+    return lambda: len(list(runs_dir.glob("**/job.json"))) >= count
+
+
+def histories(client, run):
+    """Every metric's (step, value) points, but the timings, which no rerun repeats."""
+    return {key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+            for key in run.data.metrics if not key.startswith("perf/")}
+
+
+def weights(uri, run):
+    return torch.load(download_artifacts(run_id=run.info.run_id, artifact_path="model/model_weights.pt", tracking_uri=uri))
+
+
+# ---------------------------------------------------------------- resume
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    runs_dir = tmp_path_factory.mktemp("reference") / "runs"
+    result = run_cli("-m", *SMALL, runs_dir=runs_dir)
+    assert result.returncode == 0, result.stderr
+    uri = f"sqlite:///{runs_dir}/mlflow.db"
+    client, (run,), _ = job_runs(uri)
+    return uri, client, run
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_job_stopped_in_epoch_2_resumes_bit_identical(uninterrupted, runs_dir, signum):
+    """SIGKILL: the job resumes from the checkpoint of epoch 1. SIGTERM: it checkpoints where it
+    stops, mid-epoch, and resumes there. Either way the same weights and metric points as a
+    run never stopped, in the same MLflow run."""
+    ref_uri, ref_client, reference = uninterrupted
+    epoch_seconds = ref_client.get_metric_history(reference.info.run_id, "perf/epoch_time_s")[1].value
+    process = launch("-m", *SMALL, runs_dir=runs_dir)
+    checkpoints = lambda: list(runs_dir.glob("multirun/*/*/0/checkpoint.pt"))  # noqa: E731
+    wait_for(lambda: checkpoints() or process.poll() is not None, what="the checkpoint of epoch 1")
+    time.sleep(0.4 * epoch_seconds)  # into epoch 2
+    process.send_signal(signum)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == -signum if signum == signal.SIGKILL else 128 + signum, output
+    sweep_dir = checkpoints()[0].parents[1]
+
+    uri = f"sqlite:///{runs_dir}/mlflow.db"
+    if signum == signal.SIGKILL:
+        assert {r.info.status for r in job_runs(uri)[1]} == {"RUNNING"}  # nothing could end it
+    resumed = harness_runs("resume", str(sweep_dir))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    log = (sweep_dir / "0" / "harness.log").read_text()
+    step = int(log.split("resuming at step ")[1].split()[0])
+    assert step == 128 if signum == signal.SIGKILL else 128 < step < 256  # mid-epoch for SIGTERM
+
+    client, (run,), (parent,) = job_runs(uri)
+    assert run.info.status == "FINISHED" and parent.info.status == "FINISHED"
+    mine, theirs = weights(uri, run), weights(ref_uri, reference)
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert histories(client, run) == histories(ref_client, reference)
+    assert not (sweep_dir / "0" / "checkpoint.pt").exists()  # a finished job keeps none
+
+
+# ---------------------------------------------------------------- signals
+
+
+def test_ctrl_c_on_a_single_run_checkpoints_and_ends_it_killed(runs_dir):
+    process = launch(*LONG, "model.depth=8", runs_dir=runs_dir)
+    uri = f"sqlite:///{runs_dir}/mlflow.db"
+    wait_for(training(runs_dir, 1), what="training")
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 130, output
+    assert "stopped by SIGINT at a step boundary: checkpoint saved" in output
+    _, (run,), _ = job_runs(uri)
+    assert run.info.status == "KILLED" and run.data.tags["outcome"] == "killed"
+    assert list(runs_dir.glob("hydra/*/*/checkpoint.pt"))
+
+
+def test_sigkill_leaves_a_stale_run_that_harness_runs_finds_and_ends(runs_dir):
+    process = launch(*LONG, "model.depth=8", runs_dir=runs_dir)
+    uri = f"sqlite:///{runs_dir}/mlflow.db"
+    wait_for(training(runs_dir, 1), what="training")
+    process.kill()
+    process.communicate(timeout=60)
+    listed = harness_runs("stale", "--uri", uri)
+    assert listed.returncode == 0 and "stale" in listed.stdout and "1 running, 1 stale" in listed.stdout
+    fixed = harness_runs("stale", "--uri", uri, "--fix")
+    assert "ended KILLED" in fixed.stdout
+    _, (run,), _ = job_runs(uri)
+    assert run.info.status == "KILLED" and "stale --fix" in run.data.tags["killed_by"]
+
+
+def children(pid: int) -> list:
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(pid):
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state == "Z"  # a zombie has stopped; only its parent's wait is missing
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to the main process", "Ctrl-C to the process group",
+                                 "SIGKILL to the main process"])
+def test_a_stopped_joblib_sweep_ends_every_run_and_leaves_no_worker(runs_dir, how):
+    process = launch("-m", "model.depth=8,14", *LONG, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                     runs_dir=runs_dir, new_session=True)
+    uri = f"sqlite:///{runs_dir}/mlflow.db"
+    wait_for(training(runs_dir, 2), what="both jobs training")
+    time.sleep(1)
+    workers = children(process.pid)
+    {"SIGTERM to the main process": lambda: process.send_signal(signal.SIGTERM),
+     "Ctrl-C to the process group": lambda: os.killpg(process.pid, signal.SIGINT),
+     "SIGKILL to the main process": process.kill}[how]()
+    process.communicate(timeout=120)
+    wait_for(lambda: all(gone(pid) for pid in workers), timeout=60, what="the workers to stop")
+    client, jobs, (parent,) = job_runs(uri)
+    wait_for(lambda: all(client.get_run(r.info.run_id).info.status == "KILLED" for r in jobs), timeout=30,
+             what="every job run KILLED")
+    assert len(jobs) == 2 and len(list(runs_dir.glob("multirun/*/*/*/checkpoint.pt"))) == 2
+    if how == "SIGKILL to the main process":  # nobody was left to end the parent: stale finds it
+        assert process.returncode == -signal.SIGKILL and parent.info.status == "RUNNING"
+        assert "1 stale" in harness_runs("stale", "--uri", uri, "--fix").stdout
+    else:
+        assert process.returncode == (143 if how.startswith("SIGTERM") else 130)
+        assert parent.info.status == "KILLED"
+
+
+# ---------------------------------------------------------------- a tracking server that dies
+
+
+def test_a_dead_tracking_server_costs_a_job_its_timeout_and_sync_sends_what_it_kept(tmp_path, runs_dir):
+    server, url = start_mlflow_server(tmp_path)
+    port = url.rsplit(":", 1)[1]
+    try:
+        process = launch(*SMALL, "trainer.epochs=6", "tracking.timeout=8", runs_dir=runs_dir, uri=url)
+        from mlflow.tracking import MlflowClient
+        client = MlflowClient(url)
+        wait_for(lambda: any(r.data.metrics for r in client.search_runs(["1"])), what="the first epoch's metrics")
+        stop_process_group(server, signal.SIGKILL)
+        killed_at = time.time()
+        output = process.communicate(timeout=300)[0]
+        waited = time.time() - killed_at
+        assert process.returncode == 1, output
+        assert waited < 8 + 15, output  # the timeout, plus at most an epoch of training before the next flush
+        errors = [line for line in output.splitlines() if "error:" in line]
+        assert len(errors) == 1 and "the MLflow store did not take" in errors[0] and "harness.runs sync" in errors[0]
+        job = next(runs_dir.glob("hydra/*/*"))
+        kept = [json.loads(line) for line in (job / "metrics_unsent.jsonl").read_text().splitlines()]
+        assert kept and (job / "checkpoint.pt").is_file()
+
+        server, _ = start_mlflow_server(tmp_path, int(port))  # the same store comes back
+        synced = harness_runs("sync", str(job))
+        assert synced.returncode == 0, synced.stderr
+        (run,) = client.search_runs(["1"])
+        history = client.get_metric_history(run.info.run_id, "train/loss")
+        assert {(k[2], k[1]) for k in kept if k[0] == "train/loss"} <= {(m.step, m.value) for m in history}
+        assert run.info.status == "KILLED" and not (job / "metrics_unsent.jsonl").exists()
+        resumed = harness_runs("resume", str(job))
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        (run,) = client.search_runs(["1"])
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert run.info.status == "FINISHED" and steps == sorted(set(steps)) and steps[-1] == 6 * 128
+    finally:
+        stop_process_group(server)
+
+
+# ---------------------------------------------------------------- errors: one line, always recorded
+
+
+def test_a_store_or_runs_folder_that_cannot_be_written_is_one_line(runs_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for args, status in ((["-m", "model.depth=8,14"], 2), (["model.depth=8"], 1)):  # a sweep's parent; a run's store
+        started = time.time()
+        result = run_cli(*args, *LONG, "trainer.steps=4", runs_dir=runs_dir, uri=f"sqlite:///{blocker}/sub/mlflow.db")
+        assert result.returncode == status and time.time() - started < 30
+        errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+        assert len(errors) == 1 and "cannot create the MLflow store's folder" in errors[0], result.stderr
+        assert "Traceback" not in result.stderr
+    result = run_cli(*LONG, "model.depth=8", runs_dir=blocker / "runs")
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: paths.runs=") and "cannot be created" in result.stderr
+
+
+def test_every_failed_job_of_a_sweep_has_a_failed_run(runs_dir, tmp_path):
+    """A bad value, and an image with 196 million pixels: each job fails, each has its run."""
+    good, bomb = tmp_path / "good", tmp_path / "bomb"
+    for root in (good, bomb):
+        for split in ("train", "test"):
+            for c in ("a", "b"):
+                (root / split / c).mkdir(parents=True)
+                for i in range(20):
+                    Image.fromarray(np.full((16, 16, 3), 40 * i % 255, np.uint8)).save(root / split / c / f"{i}.png")
+    Image.new("L", (14_000, 14_000)).save(bomb / "train" / "a" / "huge.png")
+    result = run_cli("-m", f"data.root={good},{bomb}", "optim.momentum=0.9,-1", "data=imagefolder", "trainer=smoke",
+                     "model.depth=8", "augment.pad=2", "probes.shift.max=2", runs_dir=runs_dir)
+    assert result.returncode == 1
+    _, jobs, (parent,) = job_runs(f"sqlite:///{runs_dir}/mlflow.db")
+    by_job = {(r.data.params["data.root"], r.data.params["optim.momentum"]): r for r in jobs}
+    assert len(by_job) == 4 and by_job[(str(good), "0.9")].info.status == "FINISHED"
+    assert "optim.momentum=-1.0" in by_job[(str(good), "-1.0")].data.tags["error"]
+    assert "huge.png" in by_job[(str(bomb), "0.9")].data.tags["error"]
+    assert all(r.info.status == "FAILED" for key, r in by_job.items() if key != (str(good), "0.9"))
+    assert parent.info.status == "FAILED" and parent.data.tags["jobs_failed"] == "3"
+
+
+def test_a_password_in_the_tracking_uri_reaches_no_param_tag_log_or_artifact(tmp_path, runs_dir):
+    server, url = start_mlflow_server(tmp_path)
+    try:
+        secret_url = url.replace("http://", "http://alice:s3cret-pw@")
+        result = run_cli(*LONG, "trainer.steps=4", "model.depth=8", runs_dir=runs_dir, uri=secret_url)
+        assert result.returncode == 0, result.stderr
+        assert "s3cret-pw" not in result.stdout + result.stderr
+        from mlflow.tracking import MlflowClient
+        client = MlflowClient(url)
+        (run,) = client.search_runs(["1"])
+        assert "alice:***@" in run.data.params["tracking.uri"]
+        assert not any("s3cret-pw" in v for v in [*run.data.params.values(), *run.data.tags.values()])
+        folder = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts")))
+        texts = [p.read_bytes() for p in folder.rglob("*") if p.is_file()]
+        assert len(texts) > 5 and not any(b"s3cret-pw" in t for t in texts)
+    finally:
+        stop_process_group(server)
