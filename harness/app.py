@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 import secrets
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from omegaconf import OmegaConf
 from harness import contract
 from harness.augment import Augment
 from harness.batches import Normalise, TrainBatches
-from harness.checkpoint import Checkpoints, Interrupted, StopRequests
+from harness.checkpoint import Checkpoints, Interrupted, StopRequests, in_submitit_job
 from harness.compute import apply as apply_compute
 from harness.compute import compile_model, resolve_compute
 from harness.config import (COMPOSITION_ERRORS, load_data, make_model, make_schedule, one_line, optimizer_factory,
@@ -165,6 +166,9 @@ def run_job(cfg, job: JobInfo) -> str:
     try:
         outcome = _run_job(cfg, job)
         return outcome
+    except SystemExit as stopped:
+        outcome = getattr(stopped, "outcome", outcome)
+        raise
     finally:
         write_outcome(job.output_dir, outcome)
         if in_joblib_worker() and os.getppid() != parent:  # the sweep's process died: no orphan stays
@@ -204,7 +208,7 @@ def _run_job(cfg, job: JobInfo) -> str:
             checkpoints.path.unlink(missing_ok=True)  # nothing left to resume
             return outcome.status
         except BaseException as e:
-            return _record_failure(e, run, job)
+            return _record_failure(e, run, job, stop)
 
 
 def in_joblib_worker() -> bool:
@@ -221,9 +225,13 @@ def _open_run(client, experiment_id, cfg, job: JobInfo, parent) -> JobRun:
     return run
 
 
-def _record_failure(error: BaseException, run: JobRun | None, job: JobInfo) -> str:
+def _record_failure(error: BaseException, run: JobRun | None, job: JobInfo, stop: StopRequests) -> str:
     """Log the error (one line if it is the user's to fix), end the run, and return the outcome
-    (a sweep goes on) or, for a single run, exit with its status."""
+    (a sweep goes on) or, for a single run, exit with its status.
+
+    A job on SLURM stopped by a signal returns nothing, so that submitit writes no result:
+    SLURM reruns a requeued job (SIGTERM), submitit requeues one warned by SIGUSR2, and the
+    rerun resumes from the checkpoint into the same run."""
     if isinstance(error, Interrupted):
         log.warning("%s at a step boundary: checkpoint saved in %s; resume with python -m harness.runs resume %s",
                     error, job.output_dir, job.sweep_dir or job.output_dir)
@@ -237,13 +245,17 @@ def _record_failure(error: BaseException, run: JobRun | None, job: JobInfo) -> s
         run.fail(error, job)
     if not isinstance(error, Exception):  # KeyboardInterrupt (a second signal), SystemExit: let it through
         raise error
-    outcome = "killed" if isinstance(error, Interrupted) else "failed"
+    if isinstance(error, Interrupted) and (job.sweep_dir is None or in_submitit_job()):
+        write_outcome(job.output_dir, "killed")
+        if error.signum == signal.SIGUSR2:
+            stop.pass_on(error.signum)  # submitit's: it requeues the job and exits
+        stopped = SystemExit(128 + error.signum)
+        stopped.outcome = "killed"
+        raise stopped
     if job.sweep_dir is None:
-        if isinstance(error, Interrupted):
-            raise SystemExit(128 + error.signum)
         bad_input = isinstance(error, HarnessError) and not isinstance(error, TrackingError)
         raise SystemExit(2 if bad_input else 1)
-    return outcome
+    return "killed" if isinstance(error, Interrupted) else "failed"
 
 
 def build(cfg, splits: Splits | None = None) -> Setup:

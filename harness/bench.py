@@ -61,7 +61,9 @@ def harness_config(args, depth: int, probes: str, runs_dir: str, steps: int | No
         *data_overrides(args), f"model.depth={depth}", f"probes={probes}", f"trainer.device={args.device}",
         f"trainer.batch_size={args.batch_size}", f"trainer.compile={args.compile}",
         f"trainer.precision={args.precision}", "trainer.epochs=2", f"trainer.steps={steps or 'null'}",
-        f"paths.runs={runs_dir}", f"tracking.uri=sqlite:///{runs_dir}/bench.db", *extra,
+        f"paths.runs={runs_dir}", f"tracking.uri=sqlite:///{runs_dir}/bench.db",
+        # shift scores run at evaluations only, outside the timed epoch: not worth their minutes here
+        "probes.shift.images=0", "probes.shift.val_images=0", *extra,
     ]
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=overrides)

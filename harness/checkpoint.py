@@ -10,7 +10,9 @@ a resumed job continues exactly where the checkpoint left it (bit for bit on a C
 
 SIGTERM (what SLURM and `kill` send) and SIGINT (Ctrl-C) do not stop the process at once:
 they ask the training loop to stop at the next step boundary, write a checkpoint, send the
-metrics and end the run as KILLED. A second signal stops at once.
+metrics and end the run as KILLED. A second signal stops at once. In a job submitit runs on
+SLURM, SIGUSR2 (submitit's warning before the time limit or a preemption) does the same, and
+is then passed on to submitit, which requeues the job.
 """
 
 import contextlib
@@ -35,14 +37,25 @@ class Interrupted(Exception):
         self.signum = signum
 
 
+def in_submitit_job() -> bool:
+    return "SUBMITIT_FOLDER" in os.environ  # set by submitit's job runner
+
+
 class StopRequests:
-    """While entered (in the main thread), SIGTERM and SIGINT set `signal` instead of stopping
-    the process; another one, more than REPEAT_WINDOW_S later, raises KeyboardInterrupt. A
-    handler that was there before and is marked `chain` (the sweep's, harness.sweep) is called too."""
+    """While entered (in the main thread), SIGTERM and SIGINT (and SIGUSR2 in a submitit job)
+    set `signal` instead of stopping the process; another one, more than REPEAT_WINDOW_S later,
+    raises KeyboardInterrupt. A handler that was there before and is marked `chain` (the
+    sweep's, harness.sweep) is called too; `pass_on` calls any other one afterwards."""
 
     def __init__(self):
         self.signal, self.since = None, 0.0
         self.previous = {}
+
+    def pass_on(self, signum: int) -> None:
+        """Hand a signal to the handler it had before (submitit's requeue for SIGUSR2)."""
+        previous = self.previous.get(signum)
+        if callable(previous):
+            previous(signum, None)
 
     def _handle(self, signum, frame):
         previous = self.previous.get(signum)
@@ -55,7 +68,7 @@ class StopRequests:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for signum in STOP_SIGNALS:
+            for signum in STOP_SIGNALS + ((signal.SIGUSR2,) if in_submitit_job() else ()):
                 self.previous[signum] = signal.signal(signum, self._handle)
         return self
 

@@ -9,8 +9,9 @@ diverge, those that never started included), one at a time, with their original 
 and job numbers, into their own folders: each continues from its last checkpoint into its
 own MLflow run (or starts again if it had none), under the same parent run.
 
-stale: lists the RUNNING runs whose process is gone (from their host and pid tags: a run on
-another host is "unknown"); with --fix ends them KILLED, with a tag saying so.
+stale: lists the RUNNING runs whose process is gone (from their host and pid tags, or for a job
+on a SLURM node from squeue; a run elsewhere is "unknown"); with --fix ends them KILLED, with a
+tag saying so.
 
 sync: sends the metrics a job kept in its folder while the store did not answer, and ends the
 job's run KILLED if its process is gone (resume continues it).
@@ -20,6 +21,7 @@ job's run KILLED if its process is gone (resume continues it).
 
 import argparse
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -123,10 +125,13 @@ def list_stale(uri: str, fix: bool) -> int:
     stale = []
     for run in running:
         tags = run.data.tags
-        if tags.get("host") != here or not tags.get("pid"):
-            state = f"unknown (process on {tags.get('host', 'an unknown host')})"
-        else:
+        if tags.get("host") == here and tags.get("pid"):
             state = {True: "running", False: "stale", None: "unknown"}[alive(int(tags["pid"]), tags.get("pid_start"))]
+        elif tags.get("slurm_job_id") and shutil.which("squeue"):  # a job on a cluster node: ask SLURM
+            queued = subprocess.run(["squeue", "-h", "-j", tags["slurm_job_id"]], capture_output=True, text=True)
+            state = "running" if queued.stdout.strip() else "stale"
+        else:
+            state = f"unknown (process on {tags.get('host', 'an unknown host')})"
         print(f"{run.info.run_id}  {state:40s}  {run.info.run_name}")
         if state == "stale":
             stale.append(run)

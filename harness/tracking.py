@@ -52,12 +52,13 @@ class TrackingError(HarnessError):
 
 # ---------------------------------------------------------------- credentials
 
-_CREDENTIALS = re.compile(r"(?<=://)([^/@\s:]+):([^/@\s]+)@")
+# user:password@ after the // of a URL, also as Hydra writes an override (user\:password@)
+_CREDENTIALS = re.compile(r"(?<=//)([^/@\s:\\]+)(\\?):([^/@\s]+)@")
 
 
 def redact(text: str) -> str:
     """URLs with user:password@ keep the user and lose the password."""
-    return _CREDENTIALS.sub(r"\1:***@", text)
+    return _CREDENTIALS.sub(r"\1\2:***@", text)
 
 
 class RedactCredentials(logging.Filter):
@@ -301,9 +302,16 @@ class JobRun:
         self.client.set_terminated(self.run_id, "FINISHED")
 
 
+SLURM_TAGS = {"slurm_job_id": "SLURM_JOB_ID", "slurm_array_job_id": "SLURM_ARRAY_JOB_ID",
+              "slurm_array_task_id": "SLURM_ARRAY_TASK_ID", "slurm_node": "SLURMD_NODENAME",
+              "slurm_restart_count": "SLURM_RESTART_COUNT"}
+
+
 def this_process() -> dict:
-    """Tags that say which process runs a run: `harness.runs stale` finds runs whose process is gone."""
-    return {"host": socket.gethostname(), "pid": str(os.getpid()), "pid_start": start_time(os.getpid()) or ""}
+    """Tags that say which process runs a run (`harness.runs stale` finds runs whose process is
+    gone), and on SLURM which job, array task, node and rerun."""
+    tags = {"host": socket.gethostname(), "pid": str(os.getpid()), "pid_start": start_time(os.getpid()) or ""}
+    return {**tags, **{tag: os.environ[var] for tag, var in SLURM_TAGS.items() if var in os.environ}}
 
 
 class MetricBuffer:

@@ -1,11 +1,13 @@
 """Helpers for tests that drive the real CLI against a temporary MLflow store."""
 
+import functools
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -25,9 +27,29 @@ def compose_config(*overrides):
         return compose("config", overrides=list(overrides))
 
 
+@functools.lru_cache(maxsize=1)
+def migrated_store() -> Path:
+    """An empty MLflow SQLite store with its schema migrated, made once per test session:
+    migrating a fresh store costs each CLI call seconds; copying this one costs nothing."""
+    from mlflow.tracking import MlflowClient
+
+    path = Path(tempfile.mkdtemp(prefix="migrated-store-")) / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def local_store(runs_dir: Path) -> str:
+    """The URI of runs_dir/mlflow.db, made a copy of the migrated empty store if it is new."""
+    if not (runs_dir / "mlflow.db").exists():
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(migrated_store(), runs_dir / "mlflow.db")
+    return f"sqlite:///{runs_dir}/mlflow.db"
+
+
 def run_cli(*args, runs_dir: Path, uri: str | None = None, timeout: int = 300, env: dict | None = None):
-    """`python -m harness ARGS` in a subprocess, writing everything under runs_dir."""
-    uri = uri or f"sqlite:///{runs_dir}/mlflow.db"
+    """`python -m harness ARGS` in a subprocess, writing everything under runs_dir (by default
+    into runs_dir/mlflow.db, see local_store)."""
+    uri = uri or local_store(runs_dir)
     command = [sys.executable, "-m", "harness", *args, f"paths.runs={runs_dir}", f"tracking.uri={uri}"]
     return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
@@ -81,13 +103,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_server(folder: Path, port: int | None = None):
-    """(process, url) of a real `mlflow server` on 127.0.0.1 with a SQLite store and artifacts in
-    `folder`, once it answers /health; it runs in a process group of its own."""
+def start_mlflow_server(folder: Path, port: int | None = None, backend: str | None = None, workers: int = 1):
+    """(process, url) of a real `mlflow server` on 127.0.0.1 with its store (a SQLite file in
+    `folder` unless `backend` names another) and artifacts in `folder`, once it answers /health;
+    it runs in a process group of its own."""
     port = port or free_port()
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    command = [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{folder}/server.db",
+    command = [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+               "--backend-store-uri", backend or f"sqlite:///{folder}/server.db",
                "--artifacts-destination", str(folder / "server-artifacts")]
     with open(folder / "server.log", "a") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -71,7 +71,7 @@ def test_each_bad_value_is_one_line_and_exit_status_2(overrides, says, monkeypat
 
 def test_a_bad_value_in_a_sweep_stops_it_before_anything_is_written(runs_dir):
     result = run_cli("-m", "model.depth=8,20", "model.batchnorm=true,maybe", "data=synthetic", "trainer=smoke",
-                     runs_dir=runs_dir)
+                     runs_dir=runs_dir, uri=f"sqlite:///{runs_dir}/mlflow.db")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: model.batchnorm: Value 'maybe' is not a valid bool (type str)"
     assert list(runs_dir.iterdir()) == []

@@ -15,19 +15,19 @@ import torch
 from mlflow.artifacts import download_artifacts
 from PIL import Image
 
-from conftest import PROJECT_ROOT, all_runs, run_cli, start_mlflow_server, stop_process_group
+from conftest import PROJECT_ROOT, all_runs, local_store, run_cli, start_mlflow_server, stop_process_group
 
 pytestmark = pytest.mark.slow
 
-# 128 steps an epoch (4096 training images, batch 32), three epochs, fp32: bit-identical reruns on a CPU
+# 128 steps an epoch (4096 training images, batch 32), two epochs, fp32: bit-identical reruns on a CPU
 SMALL = ["data=synthetic", "data.train_size=4608", "data.val_size=512", "data.test_size=256", "model.depth=8",
-         "trainer.batch_size=32", "trainer.epochs=3", "trainer.log_every=8", "trainer.precision=fp32",
+         "trainer.batch_size=32", "trainer.epochs=2", "trainer.log_every=8", "trainer.precision=fp32",
          "trainer.device=cpu", "probes.shift.images=32", "probes.shift.val_images=16"]
 LONG = ["data=synthetic", "trainer=smoke", "trainer.steps=100000"]  # stopped by the test
 
 
 def launch(*args, runs_dir: Path, uri: str | None = None, new_session=False):
-    uri = uri or f"sqlite:///{runs_dir}/mlflow.db"
+    uri = uri or local_store(runs_dir)
     command = [sys.executable, "-m", "harness", *args, f"paths.runs={runs_dir}", f"tracking.uri={uri}"]
     return subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=new_session)
@@ -80,17 +80,16 @@ def uninterrupted(tmp_path_factory):
     return uri, client, run
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("signum", [signal.SIGKILL], ids=["SIGKILL"])  # SIGTERM mid-epoch: tests/test_cluster.py
 def test_a_job_stopped_in_epoch_2_resumes_bit_identical(uninterrupted, runs_dir, signum):
     """SIGKILL: the job resumes from the checkpoint of epoch 1. SIGTERM: it checkpoints where it
     stops, mid-epoch, and resumes there. Either way the same weights and metric points as a
     run never stopped, in the same MLflow run."""
     ref_uri, ref_client, reference = uninterrupted
-    epoch_seconds = ref_client.get_metric_history(reference.info.run_id, "perf/epoch_time_s")[1].value
     process = launch("-m", *SMALL, runs_dir=runs_dir)
     checkpoints = lambda: list(runs_dir.glob("multirun/*/*/0/checkpoint.pt"))  # noqa: E731
     wait_for(lambda: checkpoints() or process.poll() is not None, what="the checkpoint of epoch 1")
-    time.sleep(0.4 * epoch_seconds)  # into epoch 2
+    time.sleep(1)  # into epoch 2, which takes a few seconds
     process.send_signal(signum)
     output = process.communicate(timeout=120)[0]
     assert process.returncode == -signum if signum == signal.SIGKILL else 128 + signum, output
@@ -196,16 +195,18 @@ def test_a_dead_tracking_server_costs_a_job_its_timeout_and_sync_sends_what_it_k
     server, url = start_mlflow_server(tmp_path)
     port = url.rsplit(":", 1)[1]
     try:
-        process = launch(*SMALL, "trainer.epochs=6", "tracking.timeout=8", runs_dir=runs_dir, uri=url)
+        process = launch(*SMALL, "data.train_size=2560", "trainer.epochs=3", "tracking.timeout=8", runs_dir=runs_dir,
+                         uri=url)  # 64 steps an epoch
         from mlflow.tracking import MlflowClient
         client = MlflowClient(url)
         wait_for(lambda: any(r.data.metrics for r in client.search_runs(["1"])), what="the first epoch's metrics")
         stop_process_group(server, signal.SIGKILL)
-        killed_at = time.time()
         output = process.communicate(timeout=300)[0]
-        waited = time.time() - killed_at
         assert process.returncode == 1, output
-        assert waited < 8 + 15, output  # the timeout, plus at most an epoch of training before the next flush
+        # from the first failed request to giving up: within tracking.timeout (log times are whole seconds)
+        times = [line[1:9] for line in output.splitlines() if "Retrying" in line or "error:" in line]
+        first, last = (time.mktime(time.strptime(f"2000 {t}", "%Y %H:%M:%S")) for t in (times[0], times[-1]))
+        assert last - first <= 8 + 1, output
         errors = [line for line in output.splitlines() if "error:" in line]
         assert len(errors) == 1 and "the MLflow store did not take" in errors[0] and "harness.runs sync" in errors[0]
         job = next(runs_dir.glob("hydra/*/*"))
@@ -223,7 +224,7 @@ def test_a_dead_tracking_server_costs_a_job_its_timeout_and_sync_sends_what_it_k
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         (run,) = client.search_runs(["1"])
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
-        assert run.info.status == "FINISHED" and steps == sorted(set(steps)) and steps[-1] == 6 * 128
+        assert run.info.status == "FINISHED" and steps == sorted(set(steps)) and steps[-1] == 3 * 64
     finally:
         stop_process_group(server)
 
@@ -265,22 +266,3 @@ def test_every_failed_job_of_a_sweep_has_a_failed_run(runs_dir, tmp_path):
     assert "huge.png" in by_job[(str(bomb), "0.9")].data.tags["error"]
     assert all(r.info.status == "FAILED" for key, r in by_job.items() if key != (str(good), "0.9"))
     assert parent.info.status == "FAILED" and parent.data.tags["jobs_failed"] == "3"
-
-
-def test_a_password_in_the_tracking_uri_reaches_no_param_tag_log_or_artifact(tmp_path, runs_dir):
-    server, url = start_mlflow_server(tmp_path)
-    try:
-        secret_url = url.replace("http://", "http://alice:s3cret-pw@")
-        result = run_cli(*LONG, "trainer.steps=4", "model.depth=8", runs_dir=runs_dir, uri=secret_url)
-        assert result.returncode == 0, result.stderr
-        assert "s3cret-pw" not in result.stdout + result.stderr
-        from mlflow.tracking import MlflowClient
-        client = MlflowClient(url)
-        (run,) = client.search_runs(["1"])
-        assert "alice:***@" in run.data.params["tracking.uri"]
-        assert not any("s3cret-pw" in v for v in [*run.data.params.values(), *run.data.tags.values()])
-        folder = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts")))
-        texts = [p.read_bytes() for p in folder.rglob("*") if p.is_file()]
-        assert len(texts) > 5 and not any(b"s3cret-pw" in t for t in texts)
-    finally:
-        stop_process_group(server)

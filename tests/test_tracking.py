@@ -35,10 +35,13 @@ def rest(url, endpoint, body=None):
 
 
 def test_sweep_through_a_real_mlflow_server(tmp_path, mlflow_server):
+    """Also: a user and password in tracking.uri reach no param, tag, log line or artifact."""
+    secret_uri = mlflow_server.replace("http://", "http://alice:s3cret-pw@")
     result = run_cli("-m", "model.depth=8,14", "data=synthetic", "trainer=smoke", runs_dir=tmp_path / "runs",
-                     uri=mlflow_server)
+                     uri=secret_uri)
     assert result.returncode == 0, result.stderr
     assert "View run" not in result.stdout + result.stderr  # MLflow prints one per run to a server by default
+    assert "s3cret-pw" not in result.stdout + result.stderr
     experiment = rest(mlflow_server, "experiments/get-by-name?experiment_name=harness")["experiment"]
     runs = rest(mlflow_server, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
@@ -57,6 +60,12 @@ def test_sweep_through_a_real_mlflow_server(tmp_path, mlflow_server):
         listed = rest(mlflow_server, f"artifacts/list?run_id={run['info']['run_id']}")
         assert {"config_resolved.yaml", "model", "harness.log"} <= {f["path"] for f in listed["files"]}
     assert list((tmp_path / "server-artifacts").rglob("model_weights.pt"))  # uploaded through the server
+    for run in runs:
+        values = [p["value"] for p in run["data"].get("params", [])] + [t["value"] for t in run["data"].get("tags", [])]
+        assert not any("s3cret-pw" in v for v in values)
+    assert "alice:***@" in {p["key"]: p["value"] for p in children[0]["data"]["params"]}["tracking.uri"]
+    stored = [path.read_bytes() for path in (tmp_path / "server-artifacts").rglob("*") if path.is_file()]
+    assert len(stored) > 10 and not any(b"s3cret-pw" in data for data in stored)
 
     # the report reads histories through the REST API and uploads itself to the parent run
     report = subprocess.run([sys.executable, "-m", "analysis", "--uri", mlflow_server, "--out", str(tmp_path / "report")],

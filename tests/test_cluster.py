@@ -1,0 +1,125 @@
+"""Beyond one machine: sweeps on a real SLURM (started here, one node) through Hydra's submitit
+launcher, logging to a real `mlflow server` backed by a real PostgreSQL; a requeued job
+resumes, bit for bit; analysis reads the figures back over HTTP."""
+
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from mlflow.artifacts import download_artifacts
+from mlflow.tracking import MlflowClient
+
+from cluster import Postgres, Slurm, wait_until
+from conftest import PROJECT_ROOT, local_store, run_cli, start_mlflow_server, stop_process_group
+
+pytestmark = pytest.mark.slow
+
+ON_SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=null",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=20"]
+LAUNCH_TIMEOUT = 600  # without accounting, submitit would wait forever on a job that died without a result
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    cluster = Slurm(cpus=8)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    database = Postgres()
+    folder = tmp_path_factory.mktemp("server")
+    process, url = start_mlflow_server(folder, backend=database.uri, workers=2)
+    yield url
+    stop_process_group(process)
+    database.stop()
+
+
+def sweep(slurm, *args, runs_dir, uri):
+    command = [sys.executable, "-m", "harness", "-m", *args, *ON_SLURM, f"paths.runs={runs_dir}", f"tracking.uri={uri}"]
+    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT,
+                          env=slurm.env)
+
+
+def by_kind(client, experiment="harness"):
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags.get("kind") != "sweep"], [r for r in runs if r.data.tags.get("kind") == "sweep"]
+
+
+def test_eight_slurm_jobs_log_every_point_through_one_postgres_backed_server(slurm, server, tmp_path):
+    runs_dir = tmp_path / "runs"
+    result = sweep(slurm, "model.residual=true,false", "model.batchnorm=true,false", "trainer.seed=0,1",
+                   "model.depth=8", "data=synthetic", "trainer=smoke", "trainer.steps=8", "probes.grad_every=1",
+                   "probes.shift.images=32", "probes.shift.val_images=16", "hydra.launcher.array_parallelism=8",
+                   runs_dir=runs_dir, uri=server)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = MlflowClient(server)
+    jobs, (parent,) = by_kind(client)
+    assert len(jobs) == 8 and parent.info.status == "FINISHED" and parent.data.tags["jobs"] == "8"
+    assert len({r.data.tags["slurm_array_task_id"] for r in jobs}) == 8
+    assert len({r.data.tags["slurm_array_job_id"] for r in jobs}) == 1  # one array, submitted once
+    starts, ends = [r.info.start_time for r in jobs], [r.info.end_time for r in jobs]
+    assert max(starts) < min(ends)  # all eight ran at once
+    for run in jobs:
+        tags, folder = run.data.tags, runs_dir / "multirun" / parent.data.tags["sweep_id"] / run.data.tags["job_num"]
+        assert run.info.status == "FINISHED" and tags["slurm_node"] and tags["slurm_job_id"]
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        # every point, against the job's own schedule (8 steps, a point every 4; grad norms at every step)
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [4, 8]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm/000_stem.conv")] == list(range(8))
+        layers = sum(1 for key in run.data.metrics if key.startswith("update_ratio/"))
+        assert layers == (15 if run.data.params["model.batchnorm"] == "True" else 8)  # 7 convs (and their BN), fc
+        # and against the job's folder: its log's final line is what the server holds
+        logged = re.search(r"test: loss ([\d.]+), accuracy ([\d.]+)", (folder / "harness.log").read_text())
+        assert float(logged[1]) == pytest.approx(run.data.metrics["test/loss"], abs=5e-5)
+        assert float(logged[2]) == pytest.approx(run.data.metrics["test/acc"], abs=5e-5)
+
+    report = tmp_path / "report"
+    analysis = subprocess.run([sys.executable, "-m", "analysis", "--uri", server, "--out", str(report)],
+                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert analysis.returncode == 0, analysis.stderr
+    assert (report / "1_training_curves.png").is_file() and "## Gradient flow" in (report / "index.md").read_text()
+    assert "report/index.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+
+
+SMALL = ["data=synthetic", "data.train_size=4608", "data.val_size=512", "data.test_size=256", "model.depth=8",
+         "trainer.batch_size=32", "trainer.epochs=2", "trainer.log_every=8", "trainer.precision=fp32",
+         "trainer.device=cpu", "trainer.threads=2", "probes.shift.images=32", "probes.shift.val_images=16"]
+
+
+def test_a_requeued_slurm_job_resumes_from_its_checkpoint_bit_identical(slurm, tmp_path):
+    """scontrol requeue sends SIGTERM: the job checkpoints, SLURM reruns it, and the rerun
+    continues the same run, ending with the weights of a run never requeued."""
+    reference = run_cli("-m", *SMALL, runs_dir=tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr
+    ref_uri = f"sqlite:///{tmp_path}/reference/mlflow.db"
+
+    runs_dir = tmp_path / "runs"
+    uri = local_store(runs_dir)  # one node: a SQLite file will do
+    command = [sys.executable, "-m", "harness", "-m", *SMALL, *ON_SLURM, f"paths.runs={runs_dir}", f"tracking.uri={uri}"]
+    launcher = subprocess.Popen(command, cwd=PROJECT_ROOT, env=slurm.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    wait_until(lambda: list(runs_dir.glob("multirun/*/*/0/checkpoint.pt")), 300, "the checkpoint of epoch 1")
+    time.sleep(1.5)  # into epoch 2
+    (job_id, _), = slurm.jobs()
+    assert slurm.run("scontrol", "requeue", job_id).returncode == 0
+    output = launcher.communicate(timeout=LAUNCH_TIMEOUT)[0]
+    assert launcher.returncode == 0, output[-3000:]
+
+    log = next(runs_dir.glob("multirun/*/*/0/harness.log")).read_text()
+    assert "stopped by SIGTERM at a step boundary" in log and "resuming at step" in log
+    client = MlflowClient(uri)
+    (run,) = [r for r in client.search_runs(["1"]) if r.data.tags.get("kind") != "sweep"]
+    assert run.info.status == "FINISHED" and run.data.tags["slurm_restart_count"] == "1"
+    ref_client = MlflowClient(ref_uri)
+    (ref_run,) = [r for r in ref_client.search_runs(["1"]) if r.data.tags.get("kind") != "sweep"]
+    mine, theirs = (torch.load(download_artifacts(run_id=r.info.run_id, artifact_path="model/model_weights.pt",
+                                                  tracking_uri=u)) for r, u in ((run, uri), (ref_run, ref_uri)))
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    for key in ("train/loss", "val/acc", "test/acc", "grad_norm/000_stem.conv"):
+        assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)] == \
+            [(m.step, m.value) for m in ref_client.get_metric_history(ref_run.info.run_id, key)], key
