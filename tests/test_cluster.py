@@ -91,32 +91,46 @@ SMALL = ["data=synthetic", "data.train_size=4608", "data.val_size=512", "data.te
          "trainer.device=cpu", "trainer.threads=2", "probes.shift.images=32", "probes.shift.val_images=16"]
 
 
-def test_a_requeued_slurm_job_resumes_from_its_checkpoint_bit_identical(slurm, tmp_path):
-    """scontrol requeue sends SIGTERM: the job checkpoints, SLURM reruns it, and the rerun
-    continues the same run, ending with the weights of a run never requeued."""
-    reference = run_cli("-m", *SMALL, runs_dir=tmp_path / "reference")
-    assert reference.returncode == 0, reference.stderr
-    ref_uri = f"sqlite:///{tmp_path}/reference/mlflow.db"
+@pytest.fixture(scope="module")
+def never_requeued(tmp_path_factory):
+    runs_dir = tmp_path_factory.mktemp("reference") / "runs"
+    result = run_cli("-m", *SMALL, runs_dir=runs_dir)
+    assert result.returncode == 0, result.stderr
+    uri = local_store(runs_dir)
+    client = MlflowClient(uri)
+    (run,) = [r for r in client.search_runs(["1"]) if r.data.tags.get("kind") != "sweep"]
+    return uri, client, run
 
+
+@pytest.mark.parametrize("how, signal_name", [
+    (("scontrol", "requeue"), "SIGTERM"),  # SLURM requeues (or preempts): submitit ignores SIGTERM
+    (("scancel", "--signal=USR2"), "SIGUSR2"),  # submitit's warning before a time limit: it requeues
+], ids=["scontrol requeue", "SIGUSR2"])
+def test_a_requeued_slurm_job_resumes_from_its_checkpoint_bit_identical(slurm, never_requeued, tmp_path, how,
+                                                                         signal_name):
+    """The job checkpoints mid-epoch, SLURM reruns it, and the rerun continues the same run,
+    ending with the weights and metric points of a run never requeued."""
+    ref_uri, ref_client, ref_run = never_requeued
     runs_dir = tmp_path / "runs"
     uri = local_store(runs_dir)  # one node: a SQLite file will do
-    command = [sys.executable, "-m", "harness", "-m", *SMALL, *ON_SLURM, f"paths.runs={runs_dir}", f"tracking.uri={uri}"]
+    command = [sys.executable, "-m", "harness", "-m", *SMALL, *ON_SLURM, "hydra.launcher.max_num_timeout=1",
+               f"paths.runs={runs_dir}", f"tracking.uri={uri}"]
     launcher = subprocess.Popen(command, cwd=PROJECT_ROOT, env=slurm.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
     wait_until(lambda: list(runs_dir.glob("multirun/*/*/0/checkpoint.pt")), 300, "the checkpoint of epoch 1")
     time.sleep(1.5)  # into epoch 2
     (job_id, _), = slurm.jobs()
-    assert slurm.run("scontrol", "requeue", job_id).returncode == 0
+    assert slurm.run(*how, job_id).returncode == 0
     output = launcher.communicate(timeout=LAUNCH_TIMEOUT)[0]
     assert launcher.returncode == 0, output[-3000:]
 
     log = next(runs_dir.glob("multirun/*/*/0/harness.log")).read_text()
-    assert "stopped by SIGTERM at a step boundary" in log and "resuming at step" in log
+    assert f"stopped by {signal_name} at a step boundary" in log
+    resumed_at = int(log.split("resuming at step ")[1].split()[0])
+    assert 128 < resumed_at < 256  # mid-epoch 2, where it stopped
     client = MlflowClient(uri)
     (run,) = [r for r in client.search_runs(["1"]) if r.data.tags.get("kind") != "sweep"]
     assert run.info.status == "FINISHED" and run.data.tags["slurm_restart_count"] == "1"
-    ref_client = MlflowClient(ref_uri)
-    (ref_run,) = [r for r in ref_client.search_runs(["1"]) if r.data.tags.get("kind") != "sweep"]
     mine, theirs = (torch.load(download_artifacts(run_id=r.info.run_id, artifact_path="model/model_weights.pt",
                                                   tracking_uri=u)) for r, u in ((run, uri), (ref_run, ref_uri)))
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
