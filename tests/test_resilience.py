@@ -242,7 +242,7 @@ def test_a_store_or_runs_folder_that_cannot_be_written_is_one_line(runs_dir, tmp
         errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
         assert len(errors) == 1 and "cannot create the MLflow store's folder" in errors[0], result.stderr
         assert "Traceback" not in result.stderr
-    result = run_cli(*LONG, "model.depth=8", runs_dir=blocker / "runs")
+    result = run_cli(*LONG, "model.depth=8", runs_dir=blocker / "runs", uri=local_store(runs_dir))
     assert result.returncode == 2 and result.stderr.strip().startswith("error: paths.runs=") and "cannot be created" in result.stderr
 
 
