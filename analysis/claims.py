@@ -2,8 +2,13 @@
 on which runs, and what the numbers say by a rule stated with it."""
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
+
+from analysis import frames
+from harness import contract
 
 EXPLODING, VANISHING = 10.0, 0.1  # first-to-last hidden layer gradient-norm ratios
 
@@ -50,3 +55,245 @@ def gradient_flow_markdown(table: pd.DataFrame) -> list:
                      f"{row.ratio_end:.3g} at step {row.end_step} ({row.flow_end}); "
                      f"`{row.first_layer}` against `{row.last_layer}`.")
     return lines + [""]
+
+
+# ---------------------------------------------------------------- convergence
+
+CONVERGED_CHANGE = 0.05  # a run has converged when its training loss changed by less than this ...
+FINAL_WINDOW = 0.1  # ... between the last 10% of its steps and the 10% before
+
+
+def convergence(history: pd.DataFrame) -> pd.DataFrame:
+    """Per run: the mean training loss and accuracy over the last FINAL_WINDOW of its steps, the
+    relative change of the loss from the window before, and whether that is under
+    CONVERGED_CHANGE. A window with no logged point leaves the change unknown (not converged)."""
+    rows = []
+    for run_id, run in history[history["key"].isin([contract.TRAIN_LOSS, contract.TRAIN_ACC])].groupby("run_id"):
+        loss = run[run["key"] == contract.TRAIN_LOSS]
+        acc = run[run["key"] == contract.TRAIN_ACC]
+        end = loss["step"].max()
+        last = loss["step"] > end * (1 - FINAL_WINDOW)
+        before = (loss["step"] > end * (1 - 2 * FINAL_WINDOW)) & ~last
+        final, previous = loss.loc[last, "value"].mean(), loss.loc[before, "value"].mean()
+        change = abs(previous - final) / previous if before.any() and previous > 0 else math.nan
+        rows.append({"run_id": run_id, "final_train_loss": final, "loss_change": change,
+                     "converged": bool(change < CONVERGED_CHANGE),
+                     "final_train_acc": acc.loc[acc["step"] > end * (1 - FINAL_WINDOW), "value"].mean()})
+    return pd.DataFrame(rows, columns=["run_id", "final_train_loss", "loss_change", "converged", "final_train_acc"])
+
+
+# ---------------------------------------------------------------- the claims of the lectures
+
+
+@dataclass(frozen=True)
+class Claim:
+    """`a` <relation> `b` in `quantity`, where an arm is {frames column: value} ("min"/"max":
+    the extreme of that column among the runs) or a constant. relation ">": a exceeds b;
+    "<=": a is not measurably above b. `trained`: the quantity depends on how far training
+    got, so the verdict needs converged runs."""
+    study: str
+    statement: str
+    quantity: str
+    a: object
+    relation: str
+    b: object
+    trained: bool = True
+
+
+DEPTH, BN, OPT, AUG, GRAD = ("Depth and residual connections", "BatchNorm", "Optimisers",
+                             "Augmentation and shift invariance", "Gradient flow at initialisation")
+DOWN, INV, REG = "Downsampling and padding", "Invariance beyond shifts", "Regularisation"
+PLAIN, RESIDUAL = {"architecture": "plain"}, {"architecture": "residual"}
+NO_AUG = {"augment": "none"}
+
+CLAIMS = [
+    Claim(DEPTH, "Plain nets degrade with depth: the deepest trains worse than the shallowest",
+          "final training loss", {**PLAIN, "depth": "max"}, ">", {**PLAIN, "depth": "min"}),
+    Claim(DEPTH, "Residual nets do not degrade with depth", "final training loss",
+          {**RESIDUAL, "depth": "max"}, "<=", {**RESIDUAL, "depth": "min"}),
+    Claim(DEPTH, "At the greatest depth, residual connections make the net train better", "final training loss",
+          {**PLAIN, "depth": "max"}, ">", {**RESIDUAL, "depth": "max"}),
+    Claim(BN, "BatchNorm makes training faster", "final training loss",
+          {"normalisation": "no BatchNorm"}, ">", {"normalisation": "BatchNorm"}),
+    Claim(BN, "BatchNorm smooths the loss landscape (Santurkar et al. 2018)", "loss variation",
+          {"normalisation": "no BatchNorm"}, ">", {"normalisation": "BatchNorm"}),
+    *[Claim(OPT, f"{name} trains faster than plain SGD", "final training loss",
+            {"optimizer": "sgd"}, ">", {"optimizer": choice}) for name, choice in
+      (("Momentum", "momentum"), ("Nesterov momentum", "nesterov"), ("RMSProp", "rmsprop"), ("Adam", "adam"))],
+    Claim(AUG, "Trained CNNs are only \"sort of\" shift-invariant", "shift consistency", 1.0, ">", NO_AUG),
+    *[Claim(AUG, f"Training with {name} makes a CNN more shift-invariant", "shift consistency",
+            {"augment": choice}, ">", NO_AUG) for name, choice in (("random crops", "crop"),
+                                                                   ("crops and flips", "crop_flip"))],
+    Claim(GRAD, "Without BatchNorm, the gradient vanishes toward the input of a deep plain net",
+          "first/last layer gradient ratio", VANISHING, ">", {**PLAIN, "depth": "max", "normalisation": "no BatchNorm"},
+          trained=False),
+    Claim(GRAD, "With BatchNorm, it explodes instead", "first/last layer gradient ratio",
+          {**PLAIN, "depth": "max", "normalisation": "BatchNorm"}, ">", EXPLODING, trained=False),
+    Claim(GRAD, "Residual connections let the gradient reach the first layers", "|log10 gradient ratio|",
+          {**PLAIN, "depth": "max"}, ">", {**RESIDUAL, "depth": "max"}, trained=False),
+    *[Claim(DOWN, f"Blur before subsampling is more shift-invariant than {name} (Zhang 2019)", "shift consistency",
+            {"downsample": "blurpool"}, ">", {"downsample": choice}) for name, choice in
+      (("strided convolution", "stride"), ("max pooling", "maxpool"))],
+    Claim(DOWN, "Circular padding makes a CNN more shift-invariant", "shift consistency",
+          {"padding": "circular"}, ">", {"padding": "zeros"}),
+    Claim(DOWN, "With circular padding and no downsampling, a CNN is exactly invariant to circular shifts",
+          "shift consistency", 1.0, "<=", {"padding": "circular", "downsample": "none"}, trained=False),
+    *[Claim(INV, f"CNNs are not invariant to {family} unless trained to be", f"{family} consistency", 1.0, ">", NO_AUG)
+      for family in ("rotation", "scale", "illumination")],
+    *[Claim(INV, f"Training with rotations and scaling makes a CNN more {family}-invariant",
+            f"{family} consistency", {"augment": "geometric"}, ">", NO_AUG) for family in ("rotation", "scale")],
+    Claim(REG, "Dropout regularises: it narrows the gap between training and test accuracy", "generalisation gap",
+          {"dropout": "min"}, ">", {"dropout": "max"}),
+    Claim(REG, "Weight decay regularises", "generalisation gap", {"weight_decay": "min"}, ">", {"weight_decay": "max"}),
+    Claim(REG, "Gaussian pixel jitter regularises", "generalisation gap",
+          {"augment": "crop_flip"}, ">", {"augment": "jitter"}),
+]
+QUANTITIES = {  # how each quantity is read, for the report
+    "final training loss": f"mean training loss over the last {FINAL_WINDOW:.0%} of steps",
+    "loss variation": "landscape probe's loss variation, mean over training",
+    "shift consistency": "test-set shift consistency",
+    "first/last layer gradient ratio": "first conv layer's gradient norm / last conv layer's, at step 0",
+    "|log10 gradient ratio|": "|log10| of that ratio at step 0 (0: the gradient is as large at the input as at the output)",
+    "generalisation gap": f"training accuracy (last {FINAL_WINDOW:.0%} of steps, augmented batches) - test accuracy",
+    **{f"{f} consistency": f"test-set {f} consistency" for f in ("rotation", "scale", "illumination")},
+}
+AXIS_OF_COLUMN = {"architecture": "residual", "normalisation": "batchnorm"}  # frames' label columns
+HOLDS, DOES_NOT_HOLD, TOO_FEW, TOO_SHORT = "holds", "does not hold", "not enough runs to tell", "budget too short"
+SPREADS = 2  # a difference must exceed this many standard deviations across seeds
+
+
+def measures(history: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: its axes and labels, whether it is usable (finished, not diverged) and
+    converged, and each quantity of QUANTITIES it has (NaN where it has not)."""
+    frame = frames.labelled_runs(runs).merge(convergence(history), on="run_id", how="left")
+
+    def metric(key):
+        return frame.get(f"metric.{key}", pd.Series(math.nan, index=frame.index))
+
+    frame["usable"] = (frame["status"] == "FINISHED") & ~frame["diverged"]
+    frame["final training loss"] = frame["final_train_loss"]
+    frame["generalisation gap"] = frame["final_train_acc"] - metric(contract.TEST_ACC)
+    frame["shift consistency"] = metric(f"test/{contract.SHIFT_CONSISTENCY}")
+    for family in ("rotation", "scale", "illumination"):
+        frame[f"{family} consistency"] = metric(f"test/{family}_{contract.CONSISTENCY}")
+    variation = history[history["key"] == contract.LANDSCAPE_LOSS_VARIATION].groupby("run_id")["value"].mean()
+    frame["loss variation"] = frame["run_id"].map(variation)
+    flow = gradient_flow(frames.grad_by_layer(history, runs, layers))
+    ratio = flow.set_index("run_id")["ratio_start"] if not flow.empty else pd.Series(dtype=float)
+    frame["first/last layer gradient ratio"] = frame["run_id"].map(ratio)
+    with np.errstate(divide="ignore"):
+        frame["|log10 gradient ratio|"] = np.log10(frame["first/last layer gradient ratio"]).abs()
+    return frame
+
+
+def verdicts(measured: pd.DataFrame, swept: list) -> pd.DataFrame:
+    """One row per claim that the runs can speak to, per combination of the other swept axes
+    (seeds excepted: they give the spread)."""
+    rows = []
+    for claim in CLAIMS:
+        if measured[claim.quantity].isna().all():
+            continue
+        own = {AXIS_OF_COLUMN.get(c, c) for side in (claim.a, claim.b) if isinstance(side, dict) for c in side}
+        context = _context(measured, swept, own)
+        for values, runs in (measured.groupby(context, dropna=False, sort=True) if context else [((), measured)]):
+            judged = _judge(claim, runs)
+            if judged is not None:
+                where = ", ".join(f"{axis}={value}" for axis, value in zip(context, values))
+                rows.append({"study": claim.study, "claim": claim.statement, "where": where,
+                             "quantity": claim.quantity, **judged})
+    return pd.DataFrame(rows)
+
+
+def _context(measured: pd.DataFrame, swept: list, own: set) -> list:
+    """The swept axes a claim is judged separately for: not its own, not the seed, and not one
+    its own axes decide (each optimiser file has its own weight decay: that is not a context)."""
+    own = [axis for axis in own if axis in measured]
+
+    def decided(axis):
+        return bool(own) and measured.groupby(own, dropna=False)[axis].nunique(dropna=False).le(1).all()
+
+    return [axis for axis in swept if axis not in own and axis != "seed" and not decided(axis)]
+
+
+def _judge(claim: Claim, runs: pd.DataFrame):
+    arms = [_arm(side, runs) for side in (claim.a, claim.b)]
+    groups = [arm for arm in arms if isinstance(arm, pd.DataFrame)]
+    if any(g.empty for g in groups) or (len(groups) == 2 and set(groups[0]["run_id"]) == set(groups[1]["run_id"])):
+        return None  # the runs do not have both arms
+    values = [_values(arm, claim.quantity) for arm in arms]
+    described = {name: _describe(side, arm, value)
+                 for name, side, arm, value in zip("ab", (claim.a, claim.b), arms, values)}
+    result = {"a": described["a"], "relation": claim.relation, "b": described["b"]}
+    involved = pd.concat(groups)
+    lost = involved[~involved["usable"] | involved[claim.quantity].isna()]
+    if any(len(v) == 0 for v in values):
+        return {**result, "verdict": TOO_FEW, "why": "no finished run in an arm: " + _names(lost)}
+    unconverged = involved[involved["usable"] & (involved["converged"] != True)]  # noqa: E712
+    if claim.trained and not unconverged.empty:
+        return {**result, "verdict": TOO_SHORT, "why": "not converged: " + ", ".join(
+            f"{r.run_name} (loss changed {r.loss_change:.0%})" if pd.notna(r.loss_change)
+            else f"{r.run_name} (too few logged steps)" for r in unconverged.itertuples())}
+    if any(len(v) < 2 for v, arm in zip(values, arms) if isinstance(arm, pd.DataFrame)):
+        return {**result, "verdict": TOO_FEW, "why": "one run per arm: sweep trainer.seed for a spread"}
+    difference = values[0].mean() - values[1].mean()
+    spread = max(v.std(ddof=1) if len(v) > 1 else 0.0 for v in values)
+    holds = difference > SPREADS * spread if claim.relation == ">" else difference <= SPREADS * spread
+    return {**result, "verdict": HOLDS if holds else DOES_NOT_HOLD,
+            "why": f"difference {difference:.3g}, spread {spread:.2g}" + (f"; left out: {_names(lost)}" if len(lost) else "")}
+
+
+def _arm(side, runs: pd.DataFrame):
+    """The runs of an arm (a frame), or a constant."""
+    if not isinstance(side, dict):
+        return float(side)
+    chosen = runs
+    for column, value in side.items():
+        if column not in runs or runs[column].isna().all():
+            return runs.iloc[0:0]
+        if value in ("min", "max"):
+            value = getattr(runs[column], value)()
+        chosen = chosen[chosen[column] == value]
+    return chosen
+
+
+def _values(arm, quantity: str) -> pd.Series:
+    if not isinstance(arm, pd.DataFrame):
+        return pd.Series([arm])
+    return arm.loc[arm["usable"], quantity].dropna()
+
+
+def _describe(side, arm, values: pd.Series) -> str:
+    """`plain, depth=56: 0.4123 ± 0.011 (n=3)`: what defines the arm, then its value."""
+    if not isinstance(arm, pd.DataFrame):
+        return f"{arm:g}"
+    first = arm.iloc[0]
+    label = ", ".join(str(first[c]) if c in AXIS_OF_COLUMN else f"{c}={first[c]}" for c in side)
+    if values.empty:
+        return f"{label}: no value"
+    spread = f" ± {values.std(ddof=1):.2g}" if len(values) > 1 else ""
+    return f"{label}: {values.mean():.4g}{spread} (n={len(values)})"
+
+
+def _names(runs: pd.DataFrame) -> str:
+    return ", ".join(f"{r.run_name} ({'diverged' if r.diverged else r.status.lower()})" for r in runs.itertuples())
+
+
+def claims_markdown(table: pd.DataFrame) -> list:
+    """The report's claims section: the rule, then one table per study."""
+    lines = ["## Claims", "",
+             f"Each claim compares two arms in one measured quantity: an arm's value is the mean over its runs "
+             f"± the standard deviation across seeds (n runs). **{HOLDS}**: the difference in the claimed "
+             f"direction exceeds {SPREADS}x the larger spread (for a claim that one arm is *not above* the "
+             f"other: the difference against it is at most {SPREADS}x the spread); **{DOES_NOT_HOLD}**: "
+             f"otherwise; **{TOO_FEW}**: one run per arm, or an arm with no finished run; **{TOO_SHORT}**: "
+             f"a compared run has not converged (its training loss changed by {CONVERGED_CHANGE:.0%} or more "
+             f"between the last {FINAL_WINDOW:.0%} of its steps and the {FINAL_WINDOW:.0%} before). "
+             "Claims about the initialisation need no convergence.", ""]
+    for study, rows in table.groupby("study", sort=False):
+        lines += [f"### {study}", "", "| claim | measured | arm A | | arm B | verdict | why |", "|---|---|---|---|---|---|---|"]
+        for r in rows.itertuples():
+            where = f" ({r.where})" if r.where else ""
+            lines.append(f"| {r.claim}{where} | {QUANTITIES[r.quantity]} | {r.a} | {r.relation} | {r.b} | "
+                         f"**{r.verdict}** | {r.why} |")
+        lines.append("")
+    return lines

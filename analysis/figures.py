@@ -196,6 +196,66 @@ def first_layer_gradient(history, runs, layers):
     return _finish(fig, "Gradient at the first layer at initialisation, by depth")
 
 
+DOWNSAMPLING_ORDER = ["stride", "maxpool", "avgpool", "blurpool", "none"]
+
+
+def downsampling(history, runs, layers):
+    """9. Test shift consistency by downsampling, zero against circular padding."""
+    _need({"downsample", "padding"} & set(frames.swept(runs)), "downsampling and padding were not swept")
+    scores = frames.invariance_scores(runs)
+    data = scores[scores["family"] == "shift"]
+    _need(not data.empty, "no shift consistency (probes.shift.max=0?)")
+    order = [d for d in DOWNSAMPLING_ORDER if d in set(data["downsample"])]
+    fig, ax = plt.subplots()
+    sns.barplot(data=data, x="downsample", y="consistency", hue="padding", order=order, errorbar="sd", ax=ax)
+    _label_bars(ax)
+    ax.set(xlabel="downsampling", ylabel="shift consistency (probability, test set)", ylim=(0, 1.05))
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.0, 1.0), title="padding", frameon=False)
+    return _finish(fig, "Shift consistency by downsampling and padding (Zhang 2019)")
+
+
+def invariance(history, runs, layers):
+    """10. Consistency under each transform family by training augmentation; accuracy against rotation."""
+    _need("augment" in frames.swept(runs), "augmentation was not swept")
+    scores = frames.invariance_scores(runs)
+    _need(scores["family"].nunique() > 1, "fewer than two invariance probes ran (probes.invariance.families)")
+    curve = frames.family_curve(history, runs, "rotation", "angle")
+    fig, (left, right) = plt.subplots(1, 2, width_ratios=(3, 2))
+    sns.barplot(data=scores, x="family", y="consistency", hue="augment", errorbar="sd", ax=left)
+    _label_bars(left)
+    left.set(xlabel="transform family", ylabel="consistency (probability, test set)", ylim=(0, 1.05))
+    sns.move_legend(left, "lower left", bbox_to_anchor=(0.0, 1.0), ncol=4, title="training augmentation",
+                    frameon=False, fontsize=8)
+    if curve.empty:
+        right.set_axis_off()
+    else:
+        sns.lineplot(data=curve, x="angle", y="value", hue="augment", errorbar="sd", marker="o", ax=right, legend=False)
+        right.set(xlabel="rotation (degrees)", ylabel="test accuracy")
+    return _finish(fig, "Invariance beyond shifts by training augmentation")
+
+
+def regularisation(history, runs, layers):
+    """11. Generalisation gap by dropout and weight decay (columns: augmentation, where swept)."""
+    from analysis.claims import measures
+
+    axes = set(frames.swept(runs))
+    _need({"dropout", "weight_decay"} & axes, "dropout and weight decay were not swept")
+    data = measures(history, runs, layers).dropna(subset=["generalisation gap"])
+    _need(not data.empty, "no run has both a training and a test accuracy")
+    grid = sns.catplot(data=data, x="dropout", y="generalisation gap", hue="weight_decay", kind="bar",
+                       col="augment" if "augment" in axes else None, errorbar="sd")
+    for ax in grid.axes.flat:
+        _label_bars(ax)
+    grid.set_axis_labels("dropout probability before the classifier", "training - test accuracy")
+    grid.legend.set_title("weight decay")
+    return _finish(grid, "Generalisation gap by dropout and weight decay")
+
+
+def _label_bars(ax):
+    for bars in ax.containers:
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+
+
 FIGURES = [
     ("training_curves", training_curves, "Training loss and validation error against step; colour is depth, panels are residual/plain (and BatchNorm on/off)."),
     ("grad_vs_layer", grad_vs_layer, "Gradient L2 norm of each conv/linear layer from input to output, at initialisation (solid) and at the last logged step."),
@@ -205,4 +265,7 @@ FIGURES = [
     ("shift_invariance", shift_invariance, "Left: shift consistency and one-pixel instability by training augmentation. Right: test accuracy against horizontal shift."),
     ("landscape", landscape, "Loss variation and gradient predictiveness along the gradient direction over training, BatchNorm on vs off."),
     ("first_layer_gradient", first_layer_gradient, "Gradient L2 norm of the first conv layer at initialisation (step 0) against depth, one line per residual/BatchNorm arm."),
+    ("downsampling", downsampling, "Test-set shift consistency by downsampling (strided convolution, max, average and blur pooling), zero against circular padding; bars: ±1 sd across seeds where repeated."),
+    ("invariance", invariance, "Left: test-set consistency under shifts, rotations, scalings and illumination changes by training augmentation. Right: test accuracy against rotation angle."),
+    ("regularisation", regularisation, "Training accuracy (last 10% of steps, augmented batches) minus test accuracy, by dropout and weight decay."),
 ]

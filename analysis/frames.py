@@ -1,6 +1,8 @@
 """Tidy frames behind the figures: one row per observation, with the run's study axes and
 human-readable labels as columns, so a figure is a plain seaborn call over a frame."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 
@@ -85,6 +87,33 @@ def shift_curves(history: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     max_shift = labelled_runs(runs).set_index("run_id")["param.probes.shift.max"]
     frame["dx"] = frame["step"] - frame["run_id"].map(max_shift)
     return frame
+
+
+FAMILIES = ("shift", "rotation", "scale", "illumination")
+
+
+def invariance_scores(runs: pd.DataFrame) -> pd.DataFrame:
+    """Long frame: one row per run and transform family with a test-set consistency."""
+    frame = labelled_runs(runs)
+    columns = {f"metric.test/{contract.SHIFT_CONSISTENCY}": "shift",
+               **{f"metric.test/{f}_{contract.CONSISTENCY}": f for f in FAMILIES[1:]}}
+    present = [c for c in columns if c in frame]
+    long = frame.melt(id_vars=["run_id", *AXES, "net"], value_vars=present, var_name="family",
+                      value_name="consistency").dropna(subset=["consistency"])
+    long["family"] = long["family"].map(columns)
+    return long
+
+
+def family_curve(history: pd.DataFrame, runs: pd.DataFrame, family: str, parameter: str) -> pd.DataFrame:
+    """Test accuracy at each point of a family's grid (rotation: degrees; scale: factor), with
+    the point's parameter value in column `parameter`."""
+    from harness.probes.invariance import grid
+
+    points = with_axes(history[history["key"] == family + contract.FAMILY_ACC].copy(), runs)
+    extents = runs.set_index("run_id").get(f"param.probes.invariance.{family}", pd.Series(dtype=float))
+    grids = {run_id: grid(family, SimpleNamespace(**{family: extent})) for run_id, extent in extents.items()}
+    points[parameter] = [grids[r][int(s)][0] for r, s in zip(points["run_id"], points["step"])]
+    return points
 
 
 def landscape(history: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:

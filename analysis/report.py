@@ -1,4 +1,5 @@
-"""Writing a report folder: every applicable figure as PNG and PDF, summary.csv, index.md,
+"""Writing a report folder: every applicable figure as PNG and PDF, summary.csv, claims.csv
+(the verdict on each lecture claim the runs speak to), index.md,
 then the folder as artifacts of the sweep's parent run (visible in the MLflow UI).
 
 The folder is built beside its destination and swapped in whole, so a report is never half
@@ -12,9 +13,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from analysis.claims import gradient_flow, gradient_flow_markdown
+from analysis.claims import claims_markdown, gradient_flow, gradient_flow_markdown, measures, verdicts
 from analysis.figures import DPI, FIGURES, Skip
-from analysis.frames import grad_by_layer, summary
+from analysis.frames import grad_by_layer, summary, swept
 from analysis.load import histories_frame, layer_tables, runs_frame
 
 # fixed metadata: re-running on the same store writes the same bytes
@@ -34,7 +35,9 @@ def write_report(client, uri, selection, out_dir: Path) -> dict:
         table = summary(runs)
         table.to_csv(build / "summary.csv", index=False)
         flow = gradient_flow(grad_by_layer(history, runs, layers))
-        (build / "index.md").write_text(_index(selection, drawn, skipped, table, flow))
+        claims = verdicts(measures(history, runs, layers), swept(runs))
+        claims.to_csv(build / "claims.csv", index=False)
+        (build / "index.md").write_text(_index(selection, drawn, skipped, table, flow, claims))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         build.rename(out_dir)
@@ -61,11 +64,15 @@ def _draw_figures(history, runs, layers, folder: Path):
     return drawn, skipped
 
 
-def _index(selection, drawn: dict, skipped: dict, table: pd.DataFrame, flow: pd.DataFrame) -> str:
+def _index(selection, drawn: dict, skipped: dict, table: pd.DataFrame, flow: pd.DataFrame,
+           claims: pd.DataFrame) -> str:
     lines = [f"# Report: {selection.name}", "",
              f"{len(selection.runs)} runs" + (f" of sweep `{selection.name}` (parent run "
                                                f"`{selection.parent.info.run_id}`)" if selection.parent else ""),
-             "", "## Figures", ""]
+             ""]
+    if not claims.empty:
+        lines += claims_markdown(claims)
+    lines += ["## Figures", ""]
     for stem, caption in drawn.items():
         lines += [f"![{caption}]({stem}.png)", "", f"*{caption}* ([PDF]({stem}.pdf))", ""]
     if skipped:

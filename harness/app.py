@@ -36,7 +36,7 @@ from harness.checkpoint import Checkpoints, Interrupted, StopRequests, in_submit
 from harness.compute import apply as apply_compute
 from harness.compute import compile_model, resolve_compute
 from harness.config import (COMPOSITION_ERRORS, load_data, make_model, make_schedule, one_line, optimizer_factory,
-                            validate)
+                            plain, validate)
 from harness.data import Splits
 from harness.errors import ConfigError, HarnessError
 from harness.files import write_atomically
@@ -200,6 +200,7 @@ def _run_job(cfg, job: JobInfo) -> str:
             checkpoints = Checkpoints(job.output_dir, cfg.trainer.checkpoint_every, run.run_id, stop)
             outcome = train(setup, cfg.trainer, run.metrics, checkpoints=checkpoints)
             for text, name in ((setup.probes.shift_table(), contract.SHIFT_TABLE),
+                               (setup.probes.invariance_table(), contract.INVARIANCE_TABLE),
                                (setup.probes.sample_table(), contract.SHIFT_SAMPLE)):
                 if text:
                     run.log_text(text, name)
@@ -273,10 +274,10 @@ def build(cfg, splits: Splits | None = None) -> Setup:
     optimizer = build_optimizer(model, optimizer_factory(cfg.optim), cfg.optim.get("weight_decay", 0.0),
                                 cfg.optim.get("decay_norm_and_bias", False))
     normalise = Normalise(splits.mean, splits.std, device, compute.memory_format)
-    augment = Augment(cfg.augment.flip, cfg.augment.crop, cfg.augment.pad)
+    augment = Augment(**plain(cfg.augment))
     batches = TrainBatches(splits.train_x, splits.train_y, cfg.trainer.batch_size, augment,
                            normalise, device, cfg.trainer.seed)
     total_steps = cfg.trainer.steps or cfg.trainer.epochs * len(batches)
     scheduler = build_scheduler(optimizer, total_steps, make_schedule(cfg.schedule))
-    probes = Probes(cfg.probes, model, normalise(splits.train_x[:2].to(device)))
+    probes = Probes(cfg.probes, model, normalise(splits.train_x[:2].to(device)), splits.num_classes)
     return Setup(model, optimizer, scheduler, batches, splits, normalise, compute, probes, compile_model(model, compute))

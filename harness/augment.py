@@ -1,11 +1,17 @@
-"""Batched augmentation on the training device: flips and translations of uint8 images.
+"""Batched augmentation on the training device: flips, translations, rotations, scalings and
+pixel jitter of uint8 images, a whole epoch at a time.
 
 Pad-and-random-crop (He et al.'s "4 pixels padded on each side, 32x32 crop") is the same
 thing as translating each image by a random (dy, dx) in [-pad, pad]^2 with zero fill,
-which is how it is done here: one gather for the whole batch, no padding copy.
+which is how it is done here: one gather for the whole batch, no padding copy. Rotations
+and scalings resample each image through one affine grid (bilinear, zero fill); jitter adds
+Gaussian noise to every pixel. Every draw comes from the given generator.
 """
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 FILLS = ("zero", "circular")
 
@@ -44,15 +50,56 @@ def random_translate(x: torch.Tensor, pad: int, generator: torch.Generator) -> t
     return translate(x, dy, dx, "zero")
 
 
-class Augment:
-    """Random crops (pad pixels) and flips as a function of (uint8 batch, generator)."""
+def affine(x: torch.Tensor, degrees: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Rotate image i of x (N, C, H, W) by degrees[i] about its centre and scale its content by
+    factor[i] (above 1: larger), bilinear, zero fill; float out, in x's units."""
+    angle = degrees.float() * math.pi / 180
+    cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor  # output -> input coordinates
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1),
+                         torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
-    def __init__(self, flip: bool = False, crop: bool = False, pad: int = 4):
+
+def random_affine(x: torch.Tensor, rotate: float, scale: float, generator: torch.Generator,
+                  chunk: int = 4096) -> torch.Tensor:
+    """Each image rotated by a uniform angle in [-rotate, rotate] degrees and scaled by a uniform
+    factor in [1 - scale, 1 + scale], in chunks (the float copy of an epoch would be large)."""
+    uniform = torch.rand(2, x.shape[0], device=x.device, generator=generator) * 2 - 1
+    degrees, factor = rotate * uniform[0], 1 + scale * uniform[1]
+    out = torch.empty_like(x)
+    for start in range(0, len(x), chunk):
+        part = slice(start, start + chunk)
+        out[part] = affine(x[part], degrees[part], factor[part]).round().clamp(0, 255).to(x.dtype)
+    return out
+
+
+def random_jitter(x: torch.Tensor, sigma: float, generator: torch.Generator, chunk: int = 4096) -> torch.Tensor:
+    """Gaussian noise of standard deviation sigma (in units of the pixel range) on every pixel."""
+    out = torch.empty_like(x)
+    for start in range(0, len(x), chunk):
+        part = x[start:start + chunk]
+        noise = torch.randn(part.shape, device=x.device, generator=generator) * (255 * sigma)
+        out[start:start + chunk] = (part.float() + noise).round().clamp(0, 255).to(x.dtype)
+    return out
+
+
+class Augment:
+    """The training augmentation as a function of (uint8 batch, generator): rotation and scale,
+    then pad-and-crop, flip, and pixel jitter, each when asked for."""
+
+    def __init__(self, flip: bool = False, crop: bool = False, pad: int = 4, rotate: float = 0.0,
+                 scale: float = 0.0, jitter: float = 0.0):
         self.flip, self.crop, self.pad = flip, crop, pad
+        self.rotate, self.scale, self.jitter = rotate, scale, jitter
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.rotate or self.scale:
+            x = random_affine(x, self.rotate, self.scale, generator)
         if self.crop:
             x = random_translate(x, self.pad, generator)
         if self.flip:
             x = random_flip(x, generator)
+        if self.jitter:
+            x = random_jitter(x, self.jitter, generator)
         return x

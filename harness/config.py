@@ -26,7 +26,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.compute import COMPILE_CHOICES, Precision
 from harness.errors import ConfigError
-from harness.models import Init, Shortcut, blocks_per_stage
+from harness.models import Downsample, Init, Padding, Shortcut, blocks_per_stage
+from harness.probes.invariance import Family
 from harness.probes.shift import ShiftMode
 
 # ---------------------------------------------------------------- the schemas
@@ -41,6 +42,10 @@ class ResNetConfig:
     width: float = 1.0
     shortcut: Shortcut = Shortcut.A
     init: Init = Init.kaiming
+    downsample: Downsample = Downsample.stride
+    padding: Padding = Padding.zeros
+    dropout: float = 0.0  # before the classifier
+    block_dropout: float = 0.0  # after each block's first ReLU
 
 
 @dataclass
@@ -48,6 +53,7 @@ class DataConfig:
     _target_: str = MISSING
     val_size: float = 0  # a count of training images, or a fraction of them below 1
     split_seed: int = 0
+    train_subset: int = 0  # 0: all training images; else this many, the same number per class
 
 
 @dataclass
@@ -81,6 +87,9 @@ class AugmentConfig:
     flip: bool = False
     crop: bool = False
     pad: int = 4
+    rotate: float = 0.0  # degrees: uniform in [-rotate, rotate]
+    scale: float = 0.0  # a factor uniform in [1 - scale, 1 + scale]
+    jitter: float = 0.0  # Gaussian pixel noise, standard deviation in units of the pixel range
 
 
 @dataclass
@@ -164,10 +173,20 @@ class LandscapeProbeConfig:
 
 
 @dataclass
+class InvarianceProbeConfig:
+    families: List[Family] = field(default_factory=lambda: list(Family))  # scored on probes.shift's samples
+    rotation: float = 15.0  # degrees: 7 angles in [-rotation, rotation]
+    scale: float = 0.2  # 5 factors in [1 - scale, 1 + scale]
+    brightness: float = 0.2  # added: -b, 0, b (units of the pixel range) ...
+    contrast: float = 0.2  # ... times contrast 1 - c, 1, 1 + c about the image's mean
+
+
+@dataclass
 class ProbesConfig:
     grad_every: int = 50
     grad_dense: int = 20
     shift: ShiftProbeConfig = field(default_factory=ShiftProbeConfig)
+    invariance: InvarianceProbeConfig = field(default_factory=InvarianceProbeConfig)
     landscape: LandscapeProbeConfig = field(default_factory=LandscapeProbeConfig)
 
 
@@ -297,6 +316,8 @@ def _check_model(m):
         _fail(m, "width", "must be a positive number with at least 1 filter in the first stage (width >= 0.04)")
     if m.init == Init.fixup and not m.residual:
         _fail(m, "init", "needs model.residual=true (Fixup zero-initialises residual branches)")
+    for key in ("dropout", "block_dropout"):
+        _fraction(m, key)
 
 
 def _check_data(d):
@@ -304,6 +325,7 @@ def _check_data(d):
         _fail(d, "val_size", "must be a count of training images or a fraction in (0, 1)")
     if "image_size" in d and not 12 <= d.image_size <= 256:
         _fail(d, "image_size", "must be between 12 and 256 pixels")
+    _at_least(d, "train_subset", 0)
     for key in ("train_size", "test_size"):
         if key in d:
             _at_least(d, key, 1)
@@ -326,6 +348,11 @@ def _check_augment(a, image_size):
         _at_least(a, "pad", 1, "must be a positive number of pixels")
         if image_size and a.pad >= image_size:
             _fail(a, "pad", f"must be smaller than the {image_size}-pixel images")
+    if not 0 <= a.rotate <= 180:
+        _fail(a, "rotate", "must be in [0, 180] degrees")
+    _fraction(a, "scale")
+    if not 0 <= a.jitter <= 1:
+        _fail(a, "jitter", "must be in [0, 1] (a standard deviation in units of the pixel range)")
 
 
 def _check_optim(o):
@@ -393,6 +420,10 @@ def _check_probes(p, image_size):
     _at_least(p.shift, "val_images", 0)
     if image_size and p.shift.max >= image_size:
         _fail(p.shift, "max", f"must be smaller than the {image_size}-pixel images")
+    if not 0 <= p.invariance.rotation <= 180:
+        _fail(p.invariance, "rotation", "must be in [0, 180] degrees")
+    for key in ("scale", "brightness", "contrast"):
+        _fraction(p.invariance, key)
     _at_least(p.landscape, "every", 0)
     etas = p.landscape.etas
     if not etas or not all(math.isfinite(e) and e >= 0 for e in etas):

@@ -32,6 +32,8 @@ GRAD_NORM_TOTAL = "grad_norm/total"
 SHIFT_CONSISTENCY, SHIFT_CONSISTENCY_SE, SHIFT_INSTABILITY, SHIFT_PROB_CHANGE = (
     "shift_consistency", "shift_consistency_se", "shift_instability_1px", "shift_prob_change_1px")  # after val/, test/
 SHIFT_ACC_DX = "shift/acc_dx"  # at step dx + max
+CONSISTENCY = "consistency"  # <family>_consistency and <family>_consistency_se, after val/ or test/
+FAMILY_ACC = "/acc_at"  # <family>/acc_at: test accuracy at each point of the family's grid (step = index)
 LANDSCAPE_LOSS_VARIATION = "landscape/loss_variation"
 LANDSCAPE_GRAD_PREDICTIVENESS = "landscape/grad_predictiveness"
 LANDSCAPE_BETA_SMOOTHNESS = "landscape/beta_smoothness"
@@ -39,8 +41,9 @@ LANDSCAPE_BETA_SMOOTHNESS = "landscape/beta_smoothness"
 # ---------------------------------------------------------------- artifacts
 
 LAYER_TABLE = "layers.csv"  # index, metric, layer, module, parameters
-SHIFT_TABLE = "shift_accuracy.csv"  # split, step, dx, accuracy
-SHIFT_SAMPLE = "shift_sample.csv"  # split, index, label: the images the shift scores are over
+SHIFT_TABLE = "shift_accuracy.csv"  # split (test), dx, accuracy
+SHIFT_SAMPLE = "shift_sample.csv"  # split, index, label: the images the invariance scores are over
+INVARIANCE_TABLE = "invariance_accuracy.csv"  # family, point, parameters, accuracy (test split)
 
 # ---------------------------------------------------------------- the axes a study varies
 
@@ -51,5 +54,9 @@ AXES = {
     "batchnorm": ("param", "model.batchnorm"),
     "optimizer": ("choice", "optim"),
     "augment": ("choice", "augment"),
+    "downsample": ("param", "model.downsample"),
+    "padding": ("param", "model.padding"),
+    "dropout": ("param", "model.dropout"),
+    "weight_decay": ("param", "optim.weight_decay"),
     "seed": ("param", "trainer.seed"),
 }

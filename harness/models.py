@@ -1,11 +1,17 @@
 """The CIFAR ResNet family of He et al. 2016, section 4.2, and its plain twin.
 
 depth = 6n + 2: a 3x3 conv stem with 16 filters, three stages of n basic blocks
-(two 3x3 convs each) at 16/32/64 filters (times `width`), stride-2 downsampling at
-the first block of stages 2 and 3, global average pooling and a linear classifier.
+(two 3x3 convs each) at 16/32/64 filters (times `width`), downsampling by 2 at the first
+block of stages 2 and 3, global average pooling and a linear classifier.
 
 `residual=False` keeps every layer and drops the shortcut, so a plain net and a
 residual net of the same depth (shortcut A) have identical parameter counts.
+
+The lectures' other claims are arguments too: how the resolution is halved (`downsample`:
+a strided conv as He et al., max or average pooling, Zhang 2019's blur pooling, or not at
+all), how convolutions pad (`padding`: zeros, or circular, which with no downsampling makes
+the network exactly invariant to circular shifts), and dropout before the classifier and
+inside the blocks.
 """
 
 from collections import OrderedDict
@@ -26,6 +32,19 @@ class Init(str, Enum):
     fixup = "fixup"
 
 
+class Downsample(str, Enum):
+    stride = "stride"  # the block's first conv has stride 2 (He et al.)
+    maxpool = "maxpool"  # a 2x2 max pool after the block's first conv
+    avgpool = "avgpool"  # a 2x2 average pool there
+    blurpool = "blurpool"  # low-pass filter, then subsample (Zhang 2019, "antialiased CNNs")
+    none = "none"  # full resolution up to the global pool (slow)
+
+
+class Padding(str, Enum):
+    zeros = "zeros"
+    circular = "circular"
+
+
 def blocks_per_stage(depth: int) -> int:
     """n for depth = 6n + 2; ValueError for any other depth."""
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
@@ -33,41 +52,80 @@ def blocks_per_stage(depth: int) -> int:
     return (depth - 2) // 6
 
 
-class ZeroPadShortcut(nn.Module):
-    """Option A: subsample spatially, zero-pad the new channels. No parameters."""
+class EverySecondPixel(nn.Module):
+    """What a stride-2 1x1 convolution or shortcut samples."""
 
-    def __init__(self, in_planes: int, out_planes: int, stride: int):
+    def forward(self, x):
+        return x[:, :, ::2, ::2]
+
+
+class BlurPool(nn.Module):
+    """Zhang 2019: a [1, 2, 1] x [1, 2, 1] / 16 low-pass filter, then every second pixel."""
+
+    def __init__(self, channels: int, padding: Padding):
         super().__init__()
-        self.stride = stride
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        kernel = (torch.outer(taps, taps) / 16).expand(channels, 1, 3, 3).clone()
+        self.register_buffer("kernel", kernel, persistent=False)  # fixed, not learned
+        self.mode = "circular" if padding == Padding.circular else "constant"
+
+    def forward(self, x):
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode=self.mode), self.kernel.to(x.dtype), stride=2, groups=x.shape[1])
+
+
+def halving(downsample: Downsample, channels: int, padding: Padding) -> nn.Module:
+    """The module that halves the resolution after a block's first conv (or on its shortcut)."""
+    return {Downsample.stride: EverySecondPixel, Downsample.maxpool: lambda: nn.MaxPool2d(2),
+            Downsample.avgpool: lambda: nn.AvgPool2d(2),
+            Downsample.blurpool: lambda: BlurPool(channels, padding)}[Downsample(downsample)]()
+
+
+def conv3x3(in_planes: int, planes: int, stride: int, padding: Padding, bias: bool) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, planes, 3, stride, 1, bias=bias, padding_mode=Padding(padding).value)
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A: subsample spatially (as the branch does), zero-pad the new channels. No parameters."""
+
+    def __init__(self, in_planes: int, out_planes: int, subsample: nn.Module | None):
+        super().__init__()
+        self.subsample = subsample or nn.Identity()
         self.extra = out_planes - in_planes
 
     def forward(self, x):
-        x = x[:, :, :: self.stride, :: self.stride]
+        x = self.subsample(x)
         return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
 
 
 class BasicBlock(nn.Module):
-    """conv-BN-ReLU-conv-BN, plus the shortcut when `residual`, then ReLU.
+    """conv-BN-ReLU-[halve]-[dropout]-conv-BN, plus the shortcut when `residual`, then ReLU.
 
-    With fixup=True the block carries Fixup's scalar biases and multiplier
-    (Zhang, Dauphin & Ma 2019, section 3), which stand in for BatchNorm's affine terms.
+    `halve`: this block halves the resolution, the `downsample` way (a strided conv1, or a
+    pooling after its ReLU; the shortcut subsamples alike). With fixup=True the block carries
+    Fixup's scalar biases and multiplier (Zhang, Dauphin & Ma 2019, section 3), which stand
+    in for BatchNorm's affine terms.
     """
 
-    def __init__(self, in_planes, planes, stride, *, residual, batchnorm, shortcut, fixup):
+    def __init__(self, in_planes, planes, halve: bool, *, residual, batchnorm, shortcut, fixup,
+                 downsample=Downsample.stride, padding=Padding.zeros, dropout: float = 0.0):
         super().__init__()
         self.residual = residual
         self.fixup = fixup
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=not batchnorm)
+        strided = halve and downsample == Downsample.stride
+        self.conv1 = conv3x3(in_planes, planes, 2 if strided else 1, padding, bias=not batchnorm)
         self.bn1 = nn.BatchNorm2d(planes) if batchnorm else nn.Identity()
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=not batchnorm)
+        self.pool = halving(downsample, planes, padding) if halve and not strided else nn.Identity()
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.conv2 = conv3x3(planes, planes, 1, padding, bias=not batchnorm)
         self.bn2 = nn.BatchNorm2d(planes) if batchnorm else nn.Identity()
         self.shortcut = nn.Identity()
-        if residual and (stride != 1 or in_planes != planes):
+        if residual and (halve or in_planes != planes):
             if shortcut == Shortcut.A:
-                self.shortcut = ZeroPadShortcut(in_planes, planes, stride)
+                self.shortcut = ZeroPadShortcut(in_planes, planes, halving(downsample, in_planes, padding) if halve else None)
             else:
+                pool = halving(downsample, in_planes, padding) if halve and not strided else nn.Identity()
                 self.shortcut = nn.Sequential(OrderedDict(
-                    conv=nn.Conv2d(in_planes, planes, 1, stride, bias=not batchnorm),
+                    pool=pool, conv=nn.Conv2d(in_planes, planes, 1, 2 if strided else 1, bias=not batchnorm),
                     bn=nn.BatchNorm2d(planes) if batchnorm else nn.Identity()))
         if fixup:
             self.bias1a, self.bias1b, self.bias2a, self.bias2b = (
@@ -77,10 +135,10 @@ class BasicBlock(nn.Module):
 
     def forward(self, x):
         if self.fixup:
-            out = F.relu(self.bn1(self.conv1(x + self.bias1a)) + self.bias1b)
+            out = self.dropout(self.pool(F.relu(self.bn1(self.conv1(x + self.bias1a)) + self.bias1b)))
             out = self.bn2(self.conv2(out + self.bias2a)) * self.scale + self.bias2b
             return F.relu(out + self.shortcut(x + self.bias1a))
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.dropout(self.pool(F.relu(self.bn1(self.conv1(x)))))
         out = self.bn2(self.conv2(out))
         if self.residual:
             out = out + self.shortcut(x)
@@ -91,8 +149,9 @@ class CifarResNet(nn.Module):
     """Module paths say where a layer sits: stem.conv, stage2.block1.conv2, stage3.block1.shortcut.bn, fc."""
 
     def __init__(self, depth: int = 20, residual: bool = True, batchnorm: bool = True, width: float = 1.0,
-                 shortcut: Shortcut = Shortcut.A, init: Init = Init.kaiming, num_classes: int = 10,
-                 in_channels: int = 3):
+                 shortcut: Shortcut = Shortcut.A, init: Init = Init.kaiming, downsample: Downsample = Downsample.stride,
+                 padding: Padding = Padding.zeros, dropout: float = 0.0, block_dropout: float = 0.0,
+                 num_classes: int = 10, in_channels: int = 3):
         super().__init__()
         n = blocks_per_stage(depth)
         if init == Init.fixup and not residual:
@@ -103,17 +162,19 @@ class CifarResNet(nn.Module):
         planes = [max(1, round(16 * width * 2**i)) for i in range(3)]
 
         self.stem = nn.Sequential(OrderedDict(
-            conv=nn.Conv2d(in_channels, planes[0], 3, 1, 1, bias=not batchnorm),
+            conv=conv3x3(in_channels, planes[0], 1, padding, bias=not batchnorm),
             bn=nn.BatchNorm2d(planes[0]) if batchnorm else nn.Identity()))
         in_planes = planes[0]
         for stage, out_planes in enumerate(planes, 1):
             blocks = OrderedDict()
             for b in range(1, n + 1):
-                stride = 2 if stage > 1 and b == 1 else 1
-                blocks[f"block{b}"] = BasicBlock(in_planes, out_planes, stride, residual=residual,
-                                                 batchnorm=batchnorm, shortcut=shortcut, fixup=fixup)
+                halve = stage > 1 and b == 1 and downsample != Downsample.none
+                blocks[f"block{b}"] = BasicBlock(in_planes, out_planes, halve, residual=residual, batchnorm=batchnorm,
+                                                 shortcut=shortcut, fixup=fixup, downsample=downsample,
+                                                 padding=padding, dropout=block_dropout)
                 in_planes = out_planes
             self.add_module(f"stage{stage}", nn.Sequential(blocks))
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.fc = nn.Linear(in_planes, num_classes)
         if fixup:
             self.stem_bias = nn.Parameter(torch.zeros(1))
@@ -152,7 +213,7 @@ class CifarResNet(nn.Module):
             x = x + self.stem_bias
         for stage in self.stages():
             x = stage(x)
-        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        x = self.dropout(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
         if self.fixup:
             x = x + self.fc_bias
         return self.fc(x)

@@ -227,8 +227,8 @@ def final_test(setup: Setup, step: int, eval_batch: int, metrics) -> dict:
     loss, accuracy = evaluate(setup.model, x, y, setup.normalise, eval_batch, mixed)
     metrics.add(step, {contract.TEST_LOSS: loss, contract.TEST_ACC: accuracy})
     metrics.add(step, probes.evaluate("test", step, x, y, setup.normalise, eval_batch, mixed))
-    for shift_step, curve_point in probes.shift_curve_metrics():
-        metrics.add(shift_step, curve_point)
+    for point, accuracy in probes.curve_metrics():
+        metrics.add(point, accuracy)
     return {key: value for key, value, _ in metrics.flush()}
 
 

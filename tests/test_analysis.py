@@ -96,14 +96,39 @@ def test_grad_by_layer_frame_has_a_row_per_layer_per_step_per_run(depth_bn_store
 
 def test_optimizer_and_augmentation_figures(tmp_path):
     runs_dir = tmp_path / "runs"
-    result = run_cli("-m", "optim=sgd,adam", "augment=none,crop", "model.depth=8", *FAST, runs_dir=runs_dir)
+    result = run_cli("-m", "optim=sgd,adam", "augment=none,crop", "model.dropout=0,0.3", "model.depth=8", *FAST,
+                     runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "report"
     result = analysis("--uri", f"sqlite:///{runs_dir}/mlflow.db", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    for stem in ("5_optimizers", "6_shift_invariance", "3_grad_heatmap"):
+    for stem in ("5_optimizers", "6_shift_invariance", "3_grad_heatmap", "11_regularisation"):
         assert (out / f"{stem}.png").stat().st_size > 10_000
-    assert "error_vs_depth: depth was not swept" in (out / "index.md").read_text()
+    index = (out / "index.md").read_text()
+    assert "error_vs_depth: depth was not swept" in index
+    claims = pd.read_csv(out / "claims.csv")
+    adam = claims[claims["claim"] == "Adam trains faster than plain SGD"]
+    assert len(adam) == 4  # one per augment x dropout
+    assert set(adam["verdict"]) == {"budget too short"}  # 12 steps: no window to compare
+    assert all(why.startswith("not converged: ") and "(too few logged steps)" in why for why in adam["why"])
+    assert "### Optimisers" in index and "| Adam trains faster than plain SGD (augment=crop, dropout=0.0) |" in index
+
+
+def test_circular_padding_without_downsampling_is_exactly_shift_invariant_in_the_claims_table(tmp_path):
+    """The known answer through the whole pipeline: consistency 1.0 over every circular shift."""
+    runs_dir = tmp_path / "runs"
+    result = run_cli("-m", "+experiment=downsampling", "model.downsample=stride,none", "model.padding=circular",
+                     "augment=none,geometric", "trainer.seed=0,1", "model.depth=8", *FAST, runs_dir=runs_dir)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "report"
+    assert analysis("--uri", f"sqlite:///{runs_dir}/mlflow.db", "--out", str(out)).returncode == 0
+    claims = pd.read_csv(out / "claims.csv").set_index(["claim", "where"])
+    exact = "With circular padding and no downsampling, a CNN is exactly invariant to circular shifts"
+    for augment in ("none", "geometric"):
+        row = claims.loc[(exact, f"augment={augment}")]
+        assert row["verdict"] == "holds" and row["b"] == "padding=circular, downsample=none: 1 ± 0 (n=2)"
+    for stem in ("9_downsampling", "10_invariance"):
+        assert (out / f"{stem}.png").stat().st_size > 10_000
 
 
 def test_unknown_sweep_and_empty_store_are_clear_errors(depth_bn_store, tmp_path):

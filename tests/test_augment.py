@@ -1,7 +1,8 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.augment import Augment, random_flip, translate
+from harness.augment import Augment, affine, random_affine, random_flip, random_jitter, translate
 from harness.batches import Normalise, TrainBatches
 
 
@@ -66,3 +67,33 @@ def test_train_batches_are_reproducible_and_normalised():
     # the batch is a permutation of all 64 normalised images
     assert torch.allclose(torch.sort(xb.flatten(1).sum(1)).values, torch.sort(expected.flatten(1).sum(1)).values, atol=1e-4)
 
+
+
+def test_a_quarter_turn_is_rot90_and_factor_one_is_the_identity():
+    x = images(n=6, h=9, w=9)
+    turned = affine(x, torch.full((6,), 90.0), torch.ones(6)).round().to(torch.uint8)
+    assert torch.equal(turned, torch.rot90(x, 1, dims=(2, 3))) or torch.equal(turned, torch.rot90(x, -1, dims=(2, 3)))
+    assert torch.equal(affine(x, torch.zeros(6), torch.ones(6)).round().to(torch.uint8), x)
+
+
+def test_random_rotation_and_scale_stay_within_their_ranges():
+    # a bright dot 3 pixels right of the centre of a 15x15 image: rotation moves it on a circle
+    x = torch.zeros(400, 1, 15, 15, dtype=torch.uint8)
+    x[:, 0, 7, 10] = 255
+    out = random_affine(x, 30.0, 0.0, torch.Generator().manual_seed(0)).float()
+    ys, xs = torch.meshgrid(torch.arange(15.0), torch.arange(15.0), indexing="ij")
+    mass = out[:, 0].sum((1, 2))
+    cy, cx = (out[:, 0] * ys).sum((1, 2)) / mass - 7, (out[:, 0] * xs).sum((1, 2)) / mass - 7
+    angles = torch.rad2deg(torch.atan2(cy, cx)).abs()
+    assert angles.max() <= 31 and angles.max() > 25  # uniform in [-30, 30]: the range is reached
+    scaled = random_affine(x, 0.0, 0.2, torch.Generator().manual_seed(0)).float()
+    radius = (scaled[:, 0] * xs).sum((1, 2)) / scaled[:, 0].sum((1, 2)) - 7
+    assert 2.3 < radius.min() < 2.6 and 3.4 < radius.max() < 3.7  # 3 pixels times [0.8, 1.2]
+
+
+def test_jitter_adds_noise_of_the_asked_spread_and_is_reproducible():
+    x = torch.full((64, 3, 16, 16), 128, dtype=torch.uint8)
+    out = random_jitter(x, 0.05, torch.Generator().manual_seed(1))
+    noise = out.float() - 128
+    assert abs(noise.mean().item()) < 0.2 and noise.std().item() == pytest.approx(0.05 * 255, rel=0.02)
+    assert torch.equal(out, random_jitter(x, 0.05, torch.Generator().manual_seed(1)))

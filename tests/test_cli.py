@@ -170,6 +170,9 @@ def test_two_sweeps_started_together_get_separate_folders():
     ("optimizers", {"optim": "sgd,momentum,rmsprop,adam"}),
     ("augmentation", {"augment": "none,flip,crop,crop_flip"}),
     ("[optimizers,seeds]", {"optim": "sgd,momentum,rmsprop,adam", "trainer.seed": "0,1,2"}),
+    ("downsampling", {"model.downsample": "stride,maxpool,avgpool,blurpool", "model.padding": "zeros,circular"}),
+    ("invariance", {"augment": "none,crop_flip,jitter,geometric"}),
+    ("regularisation", {"model.dropout": "0,0.3", "optim.weight_decay": "0,5e-4", "augment": "crop_flip,jitter"}),
 ])
 def test_study_presets_compose_into_their_sweeps(preset, axes):
     output = subprocess.run([sys.executable, "-m", "harness", "--cfg", "all", f"+experiment={preset}", "trainer=quick"],

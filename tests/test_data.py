@@ -136,3 +136,18 @@ def test_imagefolder_keeps_one_channel_for_grayscale_and_three_once_any_image_ha
     assert mixed.train_x.shape == (2, 3, 10, 12) and mixed.test_x.shape == (3, 3, 10, 12)
     assert mixed.train_x[0, :, 0, 0].tolist() == [77, 77, 77]  # grey repeated in every channel
     assert mixed.test_x[2, :, 0, 0].tolist() == [10, 20, 30]
+
+
+def test_a_training_subset_is_class_balanced_seeded_and_leaves_val_and_test_alone():
+    full = synthetic()
+    part = synthetic(train_subset=100)
+    assert len(part.train_x) == 100 and torch.equal(part.val_x, full.val_x) and torch.equal(part.test_x, full.test_x)
+    assert sorted(torch.bincount(part.train_y, minlength=8).tolist()) == [12] * 4 + [13] * 4
+    # every kept image is one of the full split's, with its label
+    rows = {bytes(x.numpy().tobytes()): int(y) for x, y in zip(full.train_x, full.train_y)}
+    assert all(rows[bytes(x.numpy().tobytes())] == int(y) for x, y in zip(part.train_x, part.train_y))
+    assert torch.equal(part.train_x, synthetic(train_subset=100).train_x)
+    assert not torch.equal(part.train_x, synthetic(train_subset=100, split_seed=1).train_x)
+    assert torch.equal(part.mean, channel_stats(part.train_x)[0])  # normalised by what it trains on
+    with pytest.raises(DataError, match="train_subset=449"):
+        synthetic(train_subset=449)

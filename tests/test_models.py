@@ -103,3 +103,41 @@ def test_models_train_one_step_without_batchnorm():
         loss.backward()
         assert torch.isfinite(loss)
         assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("downsample", ["stride", "maxpool", "avgpool", "blurpool", "none"])
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_each_downsampling_keeps_the_parameters_and_halves_where_it_should(downsample, shortcut):
+    model = CifarResNet(8, downsample=downsample, shortcut=shortcut, padding="circular").eval()
+    sizes = []
+    hooks = [getattr(model, f"stage{s}").register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
+             for s in (1, 2, 3)]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    for hook in hooks:
+        hook.remove()
+    assert sizes == ([32, 32, 32] if downsample == "none" else [32, 16, 8])
+    # pooling has no parameters: every variant has the strided net's (shortcut B: its 1x1 convs)
+    assert count_parameters(model) == count_parameters(CifarResNet(8, shortcut=shortcut))
+
+
+def test_blurpool_is_a_binomial_low_pass_then_every_second_pixel():
+    from harness.models import BlurPool
+
+    x = torch.zeros(1, 1, 8, 8)
+    x[0, 0, 4, 4] = 16.0
+    out = BlurPool(1, "zeros")(x)
+    assert out.shape == (1, 1, 4, 4)
+    # the impulse at (4, 4) lands on output (2, 2) with weight 4/16 of 16, neighbours 2 and 1 away
+    assert out[0, 0, 2, 2].item() == 4.0 and out[0, 0].sum().item() == 4.0
+
+
+def test_dropout_is_active_in_training_only():
+    model = CifarResNet(8, dropout=0.5, block_dropout=0.3)
+    x = torch.randn(4, 3, 32, 32)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    torch.manual_seed(0)
+    a = model(x)
+    assert not torch.allclose(a, model(x))
+    assert sum(isinstance(m, nn.Dropout) for m in model.modules()) == 1 + 3  # classifier, one per block

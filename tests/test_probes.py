@@ -12,7 +12,7 @@ from harness.app import build
 from harness.batches import Normalise
 from harness.models import CifarResNet
 from harness.probes import GradNorms, landscape_probe, shift_scores
-from harness.probes.shift import stratified_sample
+from harness.probes.invariance import family_scores, stratified_sample
 from harness.probes.grad_norms import layers_in_forward_order
 from harness.tracking import MetricBuffer, open_experiment
 from harness.train import train
@@ -293,3 +293,91 @@ def test_landscape_probe_leaves_the_training_trajectory_bit_identical(tmp_path):
     assert [m.step for m in client.get_metric_history(run_id, "landscape/loss_variation")] == [0, 2, 4]
     for key in without:
         assert torch.equal(without[key], with_probe[key]), key
+
+
+class CentrePixel(nn.Module):
+    """Looks at the centre pixel only, which rotating or scaling about the centre leaves in place."""
+
+    def __init__(self, pixel=(7, 7)):
+        super().__init__()
+        self.pixel = pixel
+        self.fc = nn.Linear(3, 5)
+
+    def forward(self, x):
+        return self.fc(x[:, :, self.pixel[0], self.pixel[1]])
+
+
+class Standardised(nn.Module):
+    """Standardises each image by its own mean and spread: blind to brightness and contrast."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 15 * 15, 5)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        return self.fc((x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True))
+
+
+class MeanBrightness(nn.Module):
+    def forward(self, x):
+        return F.one_hot((x.mean((1, 2, 3)) * 5).long().clamp(0, 4), 5).float()
+
+
+def invariance_config(**values):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"rotation": 15.0, "scale": 0.2, "brightness": 0.2, "contrast": 0.2, **values})
+
+
+@pytest.mark.parametrize("family", ["rotation", "scale"])
+def test_a_model_that_reads_the_centre_is_exactly_rotation_and_scale_invariant(family):
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (120, 3, 15, 15), dtype=torch.uint8)
+    y = torch.randint(0, 5, (120,))
+    norm = Normalise(torch.full((3,), 0.5), torch.full((3,), 0.25), "cpu")
+    scores, accuracy_at = family_scores(CentrePixel(), family, invariance_config(), x, y, norm, 100, 5)
+    assert scores[f"{family}_consistency"].item() == 1.0 and scores[f"{family}_consistency_se"].item() == 0
+    assert torch.allclose(accuracy_at, accuracy_at[len(accuracy_at) // 2].expand_as(accuracy_at))
+    corner, _ = family_scores(CentrePixel((1, 1)), family, invariance_config(), x, y, norm, 100, 5)
+    assert corner[f"{family}_consistency"].item() < 0.8  # what a corner sees moves
+
+
+def test_a_standardising_model_is_exactly_illumination_invariant():
+    torch.manual_seed(0)
+    x = torch.randint(70, 181, (120, 3, 15, 15), dtype=torch.uint8)  # no brightness or contrast change clips
+    y = torch.randint(0, 5, (120,))
+    norm = Normalise(torch.zeros(3), torch.ones(3), "cpu")
+    scores, accuracy_at = family_scores(Standardised(), "illumination", invariance_config(), x, y, norm, 256, 5)
+    assert scores["illumination_consistency"].item() == 1.0 and accuracy_at.shape == (9,)
+    assert torch.allclose(accuracy_at, accuracy_at[4].expand(9))
+    # a model that reads the mean brightness, in fifths of the range: +-0.2 moves every image a class
+    # up or down, so of the 9 predictions 3 fall in each of 3 classes: consistency 3 * (3/9)^2 = 1/3
+    by_mean, _ = family_scores(MeanBrightness(), "illumination", invariance_config(), x, y, norm, 256, 5)
+    assert by_mean["illumination_consistency"].item() == pytest.approx(1 / 3)
+
+
+def trained(tmp_path, *overrides):
+    cfg = compose_config("data=synthetic", "data.image_size=16", "data.train_size=1024", "data.val_size=0",
+                         "data.test_size=200", "trainer=smoke", "trainer.steps=40", "trainer.device=cpu",
+                         "trainer.precision=fp32", "model.depth=8", "probes=off", f"paths.runs={tmp_path}", *overrides)
+    setup = build(cfg)
+    client, experiment_id = open_experiment(f"sqlite:///{tmp_path}/i.db", "invariance")
+    train(setup, cfg.trainer, MetricBuffer(client, client.create_run(experiment_id).info.run_id))
+    return setup
+
+
+def test_circular_padding_without_downsampling_is_exactly_shift_invariant_once_trained(tmp_path):
+    """The lectures' known answer: convolutions are equivariant to circular shifts when they pad
+    circularly, and global average pooling makes the network invariant, unless it subsamples."""
+    exact = trained(tmp_path, "model.downsample=none", "model.padding=circular")
+    x, y = exact.splits.test_x, exact.splits.test_y
+    scores, curve = shift_scores(exact.model, x, y, exact.normalise, 4, "circular", 512)
+    with torch.no_grad():
+        predicted = exact.model.eval()(exact.normalise(x)).argmax(1)
+    assert predicted.unique().numel() >= 3  # a real classifier, not a constant one
+    assert scores["shift_consistency"].item() == 1.0 and scores["shift_instability_1px"].item() == 0.0
+    assert torch.equal(curve, curve[4].expand(9))
+    strided = trained(tmp_path, "model.downsample=stride", "model.padding=circular")
+    scores, _ = shift_scores(strided.model, x, y, strided.normalise, 4, "circular", 512)
+    assert scores["shift_consistency"].item() < 0.99  # stride 2 twice: invariant to shifts of 4 only

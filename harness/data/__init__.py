@@ -39,12 +39,13 @@ class Splits:
 
 class DataSource:
     """val_size: a count of training images held out for validation, or a fraction of them
-    below 1; split_seed fixes which, independently of the training seed."""
+    below 1; train_subset: if not 0, train on only this many of the rest, the same number per
+    class; split_seed fixes which images, independently of the training seed."""
 
     IMAGE_SIZE = None  # the images' side in pixels, where it is known before reading
 
-    def __init__(self, val_size: float = 0, split_seed: int = 0):
-        self.val_size, self.split_seed = val_size, split_seed
+    def __init__(self, val_size: float = 0, split_seed: int = 0, train_subset: int = 0):
+        self.val_size, self.split_seed, self.train_subset = val_size, split_seed, train_subset
 
     def read(self):
         """(train_x, train_y, test_x, test_y, classes)"""
@@ -53,6 +54,9 @@ class DataSource:
     def load(self) -> Splits:
         train_x, train_y, test_x, test_y, classes = self.read()
         train_x, train_y, val_x, val_y = hold_out(train_x, train_y, self.val_size, self.split_seed)
+        if self.train_subset:
+            keep = class_balanced(train_y, self.train_subset, self.split_seed)
+            train_x, train_y = train_x[keep], train_y[keep]
         mean, std = channel_stats(train_x)
         return Splits(train_x, train_y, val_x, val_y, test_x, test_y, list(classes), mean, std)
 
@@ -66,6 +70,22 @@ def hold_out(x, y, val_size: float, seed: int):
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val, train = order[:count], order[count:]
     return x[train], y[train], x[val], y[val]
+
+
+def class_balanced(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """Indices of `count` labels, as equal a number per class as the classes allow (the first
+    classes get one more when count does not divide), drawn at random within each class."""
+    classes, sizes = labels.unique(return_counts=True)
+    if not 0 < count <= len(labels):
+        raise DataError(f"data.train_subset={count}: must be between 1 and the {len(labels)} training images")
+    share = torch.full((len(classes),), count // len(classes))
+    share[: count % len(classes)] += 1
+    if (share > sizes).any():
+        raise DataError(f"data.train_subset={count}: a class has only {sizes.min().item()} training images")
+    generator = torch.Generator().manual_seed(seed)
+    chosen = [torch.nonzero(labels == c).flatten()[torch.randperm(int(n), generator=generator)[:k]]
+              for c, n, k in zip(classes, sizes, share)]
+    return torch.cat(chosen).sort().values
 
 
 def channel_stats(x: torch.Tensor, chunk: int = 4096):

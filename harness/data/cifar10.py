@@ -37,9 +37,8 @@ class Cifar10(DataSource):
 
     IMAGE_SIZE = 32
 
-    def __init__(self, root: str, url: str, md5: str, download: bool = True, val_size: float = 0,
-                 split_seed: int = 0):
-        super().__init__(val_size, split_seed)
+    def __init__(self, root: str, url: str, md5: str, download: bool = True, **split):
+        super().__init__(**split)
         self.root, self.url, self.md5, self.download = Path(root), url, md5, download
 
     def read(self):

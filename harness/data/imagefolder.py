@@ -28,8 +28,8 @@ class ImageFolder(DataSource):
     """root/train/<class>/ and root/test/<class>/ images, all one size; decoded arrays are
     cached in cache_dir."""
 
-    def __init__(self, root: str, cache_dir: str, val_size: float = 0.1, split_seed: int = 0):
-        super().__init__(val_size, split_seed)
+    def __init__(self, root: str, cache_dir: str, val_size: float = 0.1, **split):
+        super().__init__(val_size, **split)
         self.root, self.cache_dir = Path(root).expanduser().resolve(), Path(cache_dir)
 
     def read(self):

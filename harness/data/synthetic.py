@@ -13,8 +13,8 @@ CLASSES = ("square", "disc", "plus", "ring", "hstripes", "vstripes", "checker", 
 
 class Synthetic(DataSource):
     def __init__(self, num_classes: int = 8, image_size: int = 32, train_size: int = 4096, test_size: int = 1024,
-                 seed: int = 0, val_size: float = 0, split_seed: int = 0):
-        super().__init__(val_size, split_seed)
+                 seed: int = 0, **split):
+        super().__init__(**split)
         if not 2 <= num_classes <= len(CLASSES) or image_size < 12:
             raise ValueError(f"{num_classes} classes of {image_size}-pixel images: at most {len(CLASSES)}, "
                              "at least 12 pixels")

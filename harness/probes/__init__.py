@@ -2,7 +2,8 @@
 
 - after_backward / after_step: per-layer gradient norms, weight norms, update ratios
   (grad_norms.py) and, when due, the loss-landscape probe (landscape.py);
-- evaluate: shift-invariance scores on a fixed, class-stratified sample of a split (shift.py).
+- evaluate: invariance scores, to shifts (shift.py) and to rotation, scale and illumination
+  (invariance.py), on a fixed, class-stratified sample of a split.
 Every value is a device tensor; the metric buffer reads them at its next flush.
 """
 
@@ -13,17 +14,18 @@ from contextlib import nullcontext
 from harness import contract
 from harness.probes.grad_norms import GradNorms
 from harness.probes.landscape import landscape_probe
-from harness.probes.shift import shift_scores, stratified_sample
+from harness.probes.invariance import family_scores, grid, stratified_sample
+from harness.probes.shift import shift_scores
 
 
 class Probes:
-    def __init__(self, cfg_probes, model, example):
+    def __init__(self, cfg_probes, model, example, num_classes: int):
         """example: a normalised input batch, to find the layers in forward order."""
         self.cfg = cfg_probes
-        self.model = model
+        self.model, self.num_classes = model, num_classes
         self.grad_norms = GradNorms(model, example, cfg_probes.grad_every, cfg_probes.grad_dense)
-        self.shift_curves = []  # (split, step, accuracy per dx) for the CSV artifact
-        self.samples = {}  # split: (indices, labels) of the images its shift scores are over
+        self.curves = {}  # "shift" or a family: test accuracy at each point of its grid
+        self.samples = {}  # split: (indices, labels) of the images its invariance scores are over
 
     def after_backward(self, step: int, loss_fn, lr: float) -> dict:
         """Right after loss.backward() of the step with 0-based index `step`."""
@@ -37,28 +39,37 @@ class Probes:
         return self.grad_norms.after_step(step)
 
     def evaluate(self, split: str, step: int, x, y, normalise, batch_size: int, autocast=nullcontext) -> dict:
-        """Shift-invariance metrics of the model on the split's sample: shift.images of the test
-        split, shift.val_images of the validation split, the same images at every evaluation."""
-        shift = self.cfg.shift
+        """Invariance metrics of the model on the split's sample: shift.images of the test split,
+        shift.val_images of the validation split, the same images at every evaluation."""
+        shift, families = self.cfg.shift, self.cfg.invariance.families
         size = shift.images if split == "test" else shift.val_images
-        if not size or not shift.max:
+        if not size or not (shift.max or families):
             return {}
         if split not in self.samples:
             indices = stratified_sample(y, size, shift.seed).to(x.device)
             self.samples[split] = (indices, y[indices])
         indices, labels = self.samples[split]
-        scores, accuracy_at = shift_scores(self.model, x[indices], labels, normalise, shift.max, shift.mode,
-                                           batch_size, autocast)
+        images, scores, curves = x[indices], {}, {}
+        if shift.max:
+            scores, curves["shift"] = shift_scores(self.model, images, labels, normalise, shift.max, shift.mode,
+                                                   batch_size, autocast)
+        for family in families:
+            family_metrics, curves[family.value] = family_scores(
+                self.model, family, self.cfg.invariance, images, labels, normalise, batch_size, self.num_classes,
+                autocast)
+            scores.update(family_metrics)
         if split == "test":
-            self.shift_curves.append((split, step, accuracy_at))
+            self.curves = curves
         return {f"{split}/{name}": value for name, value in scores.items()}
 
-    def shift_curve_metrics(self) -> list:
-        """[(step = dx + max, {"shift/acc_dx": accuracy})] of the test evaluation."""
-        if not self.shift_curves:
-            return []
-        _, _, accuracy_at = self.shift_curves[-1]
-        return [(i, {contract.SHIFT_ACC_DX: accuracy_at[i]}) for i in range(len(accuracy_at))]
+    def curve_metrics(self) -> list:
+        """[(step, {metric: accuracy})]: after the test evaluation, accuracy at each point of each
+        grid: shift/acc_dx at step dx + max, <family>/acc_at at the point's index."""
+        points = []
+        for name, accuracy_at in self.curves.items():
+            key = contract.SHIFT_ACC_DX if name == "shift" else name + contract.FAMILY_ACC
+            points += [(i, {key: accuracy_at[i]}) for i in range(len(accuracy_at))]
+        return points
 
     def layer_table(self) -> str:
         return self.grad_norms.layer_table()
@@ -76,13 +87,25 @@ class Probes:
 
     def shift_table(self) -> str | None:
         """CSV of test accuracy per horizontal shift, or None if it was not measured."""
-        if not self.shift_curves:
+        if "shift" not in self.curves:
             return None
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["split", "step", "dx", "accuracy"])
-        for split, step, accuracy_at in self.shift_curves:
-            for i, accuracy in enumerate(accuracy_at.tolist()):
-                writer.writerow([split, step, i - self.cfg.shift.max, f"{accuracy:.6f}"])
+        writer.writerow(["split", "dx", "accuracy"])
+        for i, accuracy in enumerate(self.curves["shift"].tolist()):
+            writer.writerow(["test", i - self.cfg.shift.max, f"{accuracy:.6f}"])
+        return out.getvalue()
+
+    def invariance_table(self) -> str | None:
+        """CSV of test accuracy at each point of each transform family's grid, or None."""
+        families = [f for f in self.curves if f != "shift"]
+        if not families:
+            return None
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["family", "point", "parameters", "accuracy"])
+        for family in families:
+            for i, (params, accuracy) in enumerate(zip(grid(family, self.cfg.invariance), self.curves[family].tolist())):
+                writer.writerow([family, i, " ".join(f"{v:g}" for v in params), f"{accuracy:.6f}"])
         return out.getvalue()
 
