@@ -278,17 +278,19 @@ def _names(runs: pd.DataFrame) -> str:
     return ", ".join(f"{r.run_name} ({'diverged' if r.diverged else r.status.lower()})" for r in runs.itertuples())
 
 
+RULE = (f"Each claim compares two arms in one measured quantity: an arm's value is the mean over its runs "
+        f"± the standard deviation across seeds (n runs). **{HOLDS}**: the difference in the claimed "
+        f"direction exceeds {SPREADS}x the larger spread (for a claim that one arm is *not above* the "
+        f"other: the difference against it is at most {SPREADS}x the spread); **{DOES_NOT_HOLD}**: "
+        f"otherwise; **{TOO_FEW}**: one run per arm, or an arm with no finished run; **{TOO_SHORT}**: "
+        f"a compared run has not converged (its training loss changed by {CONVERGED_CHANGE:.0%} or more "
+        f"between the last {FINAL_WINDOW:.0%} of its steps and the {FINAL_WINDOW:.0%} before). "
+        "Claims about the initialisation need no convergence.")
+
+
 def claims_markdown(table: pd.DataFrame) -> list:
     """The report's claims section: the rule, then one table per study."""
-    lines = ["## Claims", "",
-             f"Each claim compares two arms in one measured quantity: an arm's value is the mean over its runs "
-             f"± the standard deviation across seeds (n runs). **{HOLDS}**: the difference in the claimed "
-             f"direction exceeds {SPREADS}x the larger spread (for a claim that one arm is *not above* the "
-             f"other: the difference against it is at most {SPREADS}x the spread); **{DOES_NOT_HOLD}**: "
-             f"otherwise; **{TOO_FEW}**: one run per arm, or an arm with no finished run; **{TOO_SHORT}**: "
-             f"a compared run has not converged (its training loss changed by {CONVERGED_CHANGE:.0%} or more "
-             f"between the last {FINAL_WINDOW:.0%} of its steps and the {FINAL_WINDOW:.0%} before). "
-             "Claims about the initialisation need no convergence.", ""]
+    lines = ["## Claims", "", RULE, ""]
     for study, rows in table.groupby("study", sort=False):
         lines += [f"### {study}", "", "| claim | measured | arm A | | arm B | verdict | why |", "|---|---|---|---|---|---|---|"]
         for r in rows.itertuples():

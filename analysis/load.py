@@ -59,7 +59,8 @@ def select_runs(client, sweep=None, experiment=None, filter_string=None) -> Sele
     if sweep is None:
         parent = sweeps[0]
     else:
-        matches = [r for r in sweeps if sweep in (r.data.tags.get("sweep_id"), r.info.run_id)]
+        matches = [r for r in sweeps if sweep in (r.data.tags.get("sweep_id"), r.info.run_id, r.info.run_name,
+                                                  r.data.tags.get("sweep_id", "").split("/")[-1])]
         if not matches:
             known = ", ".join(r.data.tags.get("sweep_id", r.info.run_id) for r in sweeps[:10])
             raise SelectionError(f"no sweep {sweep!r}; recent sweeps: {known}")

@@ -6,6 +6,7 @@ The folder is built beside its destination and swapped in whole, so a report is 
 written and never mixes files of two runs of the command.
 """
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,9 +14,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from analysis.claims import claims_markdown, gradient_flow, gradient_flow_markdown, measures, verdicts
+from mlflow.exceptions import MlflowException
+
+from analysis.claims import RULE, claims_markdown, gradient_flow, gradient_flow_markdown, measures, verdicts
 from analysis.figures import DPI, FIGURES, Skip
 from analysis.frames import grad_by_layer, summary, swept
+from analysis.html import write_html
+from harness import contract
 from analysis.load import histories_frame, layer_tables, runs_frame
 
 # fixed metadata: re-running on the same store writes the same bytes
@@ -23,13 +28,17 @@ PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creato
 PNG_METADATA = {"Software": None}
 
 
-def write_report(client, uri, selection, out_dir: Path) -> dict:
-    """Write the report of the selected runs into out_dir; return {figure: caption or skip note}."""
+def write_report(client, uri, selection, out_dir: Path, ui_url: str) -> dict:
+    """Write the report of the selected runs into out_dir; return {figure: caption or skip note}.
+    ui_url: where the MLflow UI shows this store, for report.html's links to the runs."""
     runs = runs_frame(selection.runs)
     history = histories_frame(client, uri, selection.runs)
     layers = layer_tables(client, selection.runs)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    build.chmod(0o777 & ~umask)  # mkdtemp makes it private; a report is for sharing
     try:
         drawn, skipped = _draw_figures(history, runs, layers, build)
         table = summary(runs)
@@ -38,6 +47,12 @@ def write_report(client, uri, selection, out_dir: Path) -> dict:
         claims = verdicts(measures(history, runs, layers), swept(runs))
         claims.to_csv(build / "claims.csv", index=False)
         (build / "index.md").write_text(_index(selection, drawn, skipped, table, flow, claims))
+        experiments = {r.info.run_id: r.info.experiment_id for r in selection.runs}
+        write_html(build / "report.html", f"Report: {selection.name}", _intro(selection), build, drawn, skipped,
+                   RULE.replace("*", ""), claims, table, list(zip(table["run"], table["run_id"])),
+                   lambda run_id: f"{ui_url.rstrip('/')}/#/experiments/{experiments[run_id]}/runs/{run_id}"
+                                  f"?{contract.UI_MODEL_TRAINING}",
+                   _first_config(client, selection.runs))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         build.rename(out_dir)
@@ -50,9 +65,12 @@ def write_report(client, uri, selection, out_dir: Path) -> dict:
 
 def _draw_figures(history, runs, layers, folder: Path):
     drawn, skipped = {}, {}
+    if not (runs["status"] == "FINISHED").any():  # not a question of probes or axes
+        states = ", ".join(f"{n} {status.lower()}" for status, n in runs["status"].value_counts().items())
+        return drawn, {name: f"no run of the selection finished ({states})" for name, _, _ in FIGURES}
     for number, (name, draw, caption) in enumerate(FIGURES, 1):
         try:
-            fig = draw(history, runs, layers)
+            fig, finding = draw(history, runs, layers)
         except Skip as reason:
             skipped[name] = str(reason)
             continue
@@ -60,16 +78,29 @@ def _draw_figures(history, runs, layers, folder: Path):
         fig.savefig(folder / f"{stem}.png", dpi=DPI, metadata=PNG_METADATA)
         fig.savefig(folder / f"{stem}.pdf", metadata=PDF_METADATA)
         plt.close(fig)
-        drawn[stem] = caption
+        drawn[stem] = f"{caption} {finding}".strip()
     return drawn, skipped
+
+
+def _intro(selection) -> str:
+    return f"{len(selection.runs)} runs" + (f" of sweep {selection.name} (parent run {selection.parent.info.run_id})"
+                                            if selection.parent else "")
+
+
+def _first_config(client, runs) -> str | None:
+    """The resolved config of the first run that logged one."""
+    for run in runs:
+        try:
+            return Path(client.download_artifacts(run.info.run_id, "config_resolved.yaml")).read_text()
+        except (MlflowException, OSError):
+            continue
+    return None
 
 
 def _index(selection, drawn: dict, skipped: dict, table: pd.DataFrame, flow: pd.DataFrame,
            claims: pd.DataFrame) -> str:
-    lines = [f"# Report: {selection.name}", "",
-             f"{len(selection.runs)} runs" + (f" of sweep `{selection.name}` (parent run "
-                                               f"`{selection.parent.info.run_id}`)" if selection.parent else ""),
-             ""]
+    lines = [f"# Report: {selection.name}", "", _intro(selection).replace(selection.name, f"`{selection.name}`", 1),
+             "", "The same report with its figures in one file, for the MLflow UI and a browser: `report.html`.", ""]
     if not claims.empty:
         lines += claims_markdown(claims)
     lines += ["## Figures", ""]

@@ -44,8 +44,8 @@ from harness.models import count_parameters
 from harness.optim import build_optimizer, build_scheduler
 from harness.probes import Probes
 from harness.processes import die_with_parent
-from harness.sweep import expand_sweep, read_parent, stop_signal, write_outcome
-from harness.tracking import STORE_ERRORS, JobRun, TrackingError, device_name, open_experiment
+from harness.sweep import JOBS_FILE, expand_sweep, read_parent, stop_signal, write_outcome
+from harness.tracking import STORE_ERRORS, JobRun, TrackingError, device_name, job_name, open_experiment
 from harness.train import Setup, train
 
 log = logging.getLogger("harness")
@@ -198,18 +198,26 @@ def _run_job(cfg, job: JobInfo) -> str:
                           "num_parameters": count_parameters(setup.model)})
             run.log_text(setup.probes.layer_table(), contract.LAYER_TABLE)
             checkpoints = Checkpoints(job.output_dir, cfg.trainer.checkpoint_every, run.run_id, stop)
-            outcome = train(setup, cfg.trainer, run.metrics, checkpoints=checkpoints)
+            outcome = train(setup, cfg.trainer, run.metrics, checkpoints=checkpoints, label=_label(job, parent))
             for text, name in ((setup.probes.shift_table(), contract.SHIFT_TABLE),
                                (setup.probes.invariance_table(), contract.INVARIANCE_TABLE),
                                (setup.probes.sample_table(), contract.SHIFT_SAMPLE)):
                 if text:
                     run.log_text(text, name)
             run.log_artifacts(job, cfg, setup.model)
-            run.finish(outcome.status)
+            run.finish(outcome.status, outcome.final)
             checkpoints.path.unlink(missing_ok=True)  # nothing left to resume
             return outcome.status
         except BaseException as e:
             return _record_failure(e, run, job, stop)
+
+
+def _label(job: JobInfo, parent: dict | None) -> str:
+    """`job 3/8 d56 plain` for a sweep's job, shown with its progress; nothing for a single run."""
+    if parent is None:
+        return ""
+    total = len(json.loads((job.sweep_dir / JOBS_FILE).read_text()))
+    return f"job {job.num + 1}/{total} {job_name(job.overrides, parent['swept'])}"
 
 
 def in_joblib_worker() -> bool:

@@ -205,6 +205,7 @@ class TrainerConfig:
     log_every: int = 50
     eval_batch_size: int = 1000
     checkpoint_every: int = 1  # epochs between checkpoints in the job folder (0: only when stopped)
+    progress_every: float = 30.0  # seconds between progress lines when stderr is not a terminal (0: none)
 
 
 @dataclass
@@ -434,6 +435,7 @@ def _check_trainer(t):
     for key in ("epochs", "batch_size", "eval_every", "log_every", "eval_batch_size"):
         _at_least(t, key, 1, "must be a positive integer")
     _at_least(t, "checkpoint_every", 0)
+    _at_least(t, "progress_every", 0, "must be 0 (no progress lines) or a number of seconds")
     if t.steps is not None:
         _at_least(t, "steps", 1, "must be a positive integer (or null: train trainer.epochs)")
     if str(t.compile).lower() not in COMPILE_CHOICES:

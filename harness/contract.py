@@ -3,6 +3,11 @@ axes a study varies. Both sides import these; neither spells them out again."""
 
 # ---------------------------------------------------------------- tags
 
+EXPERIMENT_KIND = "mlflow.experimentKind"  # on each experiment: which view the MLflow UI (3.x) opens
+MODEL_TRAINING = "custom_model_development"  # its model-training view (runs, charts), not GenAI traces
+UI_MODEL_TRAINING = "workflowType=machine_learning"  # the same view as a URL parameter: the 3.17 UI's
+# GenAI / Model training switch, which defaults to GenAI, wins over the experiment's tag
+
 KIND = "kind"  # "sweep" on a sweep's parent run
 KIND_SWEEP = "sweep"
 PARENT = "mlflow.parentRunId"
@@ -14,6 +19,7 @@ OVERRIDES = "overrides"
 OUTCOME = "outcome"  # finished, diverged, failed, killed
 DIVERGED = "diverged"  # "true" or "false"
 ERROR = "error"
+NOTE = "mlflow.note.content"  # a run's description, shown at the top of its page in the MLflow UI
 CHOICE = "choice."  # + group: the config file Hydra picked for the group, e.g. choice.optim=momentum
 
 
@@ -38,7 +44,11 @@ LANDSCAPE_LOSS_VARIATION = "landscape/loss_variation"
 LANDSCAPE_GRAD_PREDICTIVENESS = "landscape/grad_predictiveness"
 LANDSCAPE_BETA_SMOOTHNESS = "landscape/beta_smoothness"
 
+HEADLINE = (TRAIN_LOSS, VAL_ACC, TEST_ACC, f"test/{SHIFT_CONSISTENCY}")  # what a reader looks for first
+
 # ---------------------------------------------------------------- artifacts
+
+JOBS_TABLE = "jobs_table.json"  # on a sweep's parent: each job's swept values and headline metrics (log_table)
 
 LAYER_TABLE = "layers.csv"  # index, metric, layer, module, parameters
 SHIFT_TABLE = "shift_accuracy.csv"  # split (test), dx, accuracy

@@ -54,7 +54,9 @@ class Sweep:
         params = dict(config.hydra.sweeper.get("params") or {})
         parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()] + overrides)
         swept = list(dict.fromkeys(o.key_or_group for o in parsed if o.is_sweep_override()))
-        tags = {contract.RUN_NAME: f"sweep {sweep_id}", contract.SWEEP_ID: sweep_id, contract.KIND: contract.KIND_SWEEP,
+        preset = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("experiment=")), "sweep")
+        name = f"{preset.strip('[]').replace(',', '+')} {folder.name}"  # e.g. depth_residual 23-20-10-356d36
+        tags = {contract.RUN_NAME: name, contract.SWEEP_ID: sweep_id, contract.KIND: contract.KIND_SWEEP,
                 contract.OVERRIDES: redact(" ".join(overrides)), contract.SWEPT: " ".join(swept),
                 **this_process(), **git_state(Path(config.paths.root))}
         run = client.create_run(experiment_id, tags=tags, run_name=tags[contract.RUN_NAME])
@@ -92,6 +94,7 @@ class Sweep:
         stopped = stop_signal(self.folder)
         try:
             self._end_orphans()
+            self._log_jobs_table()
             self.client.log_batch(self.run_id, tags=[RunTag("jobs", str(len(outcomes))),
                                                      RunTag("jobs_failed", str(failed)),
                                                      RunTag("jobs_diverged", str(diverged))])
@@ -103,7 +106,20 @@ class Sweep:
         if stopped:
             summary += f", stopped by {signal.Signals(stopped).name} (python -m harness.runs resume {self.folder})"
         (log.warning if failed or not completed else log.info)(summary)
+        log.info("browse it: %s", ui_address(read_parent(self.folder)))
         return failed
+
+    def _log_jobs_table(self) -> None:
+        """The jobs at a glance on the parent run: each job's name, outcome, swept values and
+        headline metrics, as an MLflow table (log_table: the UI's artifact view shows it as one)."""
+        info = read_parent(self.folder)
+        jobs = self.client.search_runs([info["experiment_id"]], f"tags.`{contract.PARENT}` = '{self.run_id}'",
+                                       order_by=["attributes.start_time ASC"], max_results=50000)
+        table = {"run": [r.info.run_name for r in jobs], "outcome": [r.data.tags.get(contract.OUTCOME) for r in jobs],
+                 **{key: [r.data.params.get(key, r.data.tags.get(contract.choice_tag(key))) for r in jobs]
+                    for key in info["swept"]},
+                 **{key: [r.data.metrics.get(key) for r in jobs] for key in contract.HEADLINE}}
+        self.client.log_table(self.run_id, data=table, artifact_file=contract.JOBS_TABLE)
 
     def _end_orphans(self) -> None:
         children = self.client.search_runs(
@@ -113,6 +129,14 @@ class Sweep:
             self.client.set_tag(run.info.run_id, contract.OUTCOME, "killed")
             self.client.set_tag(run.info.run_id, "killed_by", "the sweep's end: its process was gone")
             self.client.set_terminated(run.info.run_id, "KILLED")
+
+
+def ui_address(info: dict) -> str:
+    """Where the MLflow UI shows a sweep's experiment, in its model-training view."""
+    uri, page = info["uri"], f"#/experiments/{info['experiment_id']}/runs?{contract.UI_MODEL_TRAINING}"
+    if uri.startswith("sqlite:///"):
+        return f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/{page}"
+    return f"{redact(uri).rstrip('/')}/{page}"
 
 
 def expand_sweep(params: dict, overrides: list) -> list:

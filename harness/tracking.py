@@ -32,6 +32,7 @@ from harness.files import folder_lock, write_atomically
 from harness.processes import start_time
 
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run" per run
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file, now that tqdm is installed
 
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
@@ -107,11 +108,14 @@ def open_experiment(uri: str, name: str, timeout: float = 60):
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 try:
-                    return client, client.create_experiment(name, artifact_location=artifact_location)
+                    return client, client.create_experiment(name, artifact_location=artifact_location,
+                                                            tags={contract.EXPERIMENT_KIND: contract.MODEL_TRAINING})
                 except MlflowException:  # a server's other client created it first
                     experiment = client.get_experiment_by_name(name)
                     if experiment is None:
                         raise
+            if contract.EXPERIMENT_KIND not in experiment.tags:  # made before the harness set it
+                client.set_experiment_tag(experiment.experiment_id, contract.EXPERIMENT_KIND, contract.MODEL_TRAINING)
     except STORE_ERRORS as e:
         raise TrackingError(f"cannot use MLflow store {redact(uri)}: {_first_line(e)}") from None
     if experiment.lifecycle_stage != "active":
@@ -209,6 +213,35 @@ def _error_line(error: BaseException) -> str:
 
 # ---------------------------------------------------------------- one job
 
+SHORT_KEYS = {"model.depth": "d", "trainer.seed": "s", "model.width": "w", "model.dropout": "drop",
+              "model.block_dropout": "bdrop", "optim.weight_decay": "wd", "optim.lr": "lr",
+              "trainer.batch_size": "b", "trainer.epochs": "ep"}
+SHORT_FLAGS = {"model.residual": ("res", "plain"), "model.batchnorm": ("bn", "nobn")}
+
+
+def job_name(overrides: list, swept: list) -> str:
+    """A sweep job's run name: its values of the swept axes, shortened (short_name)."""
+    return short_name([o for o in overrides if o.split("=", 1)[0].lstrip("+") in swept]) or "default"
+
+
+def short_name(overrides: list) -> str:
+    """A job's run name from its swept overrides, what a runs table has room for:
+    model.depth=56 model.residual=false model.batchnorm=true -> `d56 plain bn`; a group's
+    choice is its name (optim=adam -> `adam`), a word is itself, any other number `key=value`."""
+    parts = []
+    for override in overrides:
+        key, value = override.lstrip("+").split("=", 1)
+        if key in SHORT_FLAGS:
+            parts.append(SHORT_FLAGS[key][0 if value.lower() in ("true", "yes", "on", "1") else 1])
+        elif key in SHORT_KEYS:
+            parts.append(SHORT_KEYS[key] + value)
+        elif "." not in key or value.replace("_", "").isalpha():
+            parts.append(value)
+        else:
+            parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return " ".join(parts)
+
+
 
 class JobRun:
     """The MLflow run of one job: params and tags up front, metrics in batches, always ended."""
@@ -225,8 +258,7 @@ class JobRun:
                     **{contract.choice_tag(group): choice for group, choice in job.choices.items()}}
         name = "default" if not job.overrides else " ".join(job.overrides)
         if parent is not None:
-            swept = [o for o in job.overrides if o.split("=", 1)[0] in parent["swept"]]
-            name = f"#{job.num} " + (" ".join(swept) or name)
+            name = job_name(job.overrides, parent["swept"])
             all_tags.update({contract.PARENT: parent["run_id"], contract.SWEEP_ID: parent["sweep_id"],
                              contract.JOB_NUM: str(job.num)})
         all_tags[contract.RUN_NAME] = redact(name)[:250]
@@ -296,9 +328,12 @@ class JobRun:
             log.error("could not record the run's end in MLflow (%s): `python -m harness.runs stale --fix` "
                       "ends it later", _first_line(e))
 
-    def finish(self, outcome: str) -> None:
+    def finish(self, outcome: str, final: dict | None = None) -> None:
+        """End the run; its description (top of its page in the UI) gives the headline metrics."""
         self.metrics.flush()
-        self.set_tags({contract.OUTCOME: outcome, contract.DIVERGED: str(outcome == "diverged").lower()})
+        headline = [f"{key} **{final[key]:.4f}**" for key in contract.HEADLINE if key in (final or {})]
+        self.set_tags({contract.OUTCOME: outcome, contract.DIVERGED: str(outcome == "diverged").lower(),
+                       **({contract.NOTE: f"{outcome}: " + ", ".join(headline)} if headline else {})})
         self.client.set_terminated(self.run_id, "FINISHED")
 
 

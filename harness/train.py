@@ -8,7 +8,6 @@ epoch (the flush point, where evaluation syncs anyway). Divergence is detected t
 import functools
 import logging
 import math
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from harness.checkpoint import Checkpoints, Interrupted
 from harness.compute import Compute
 from harness.data import Splits
 from harness.probes import Probes
+from harness.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -69,24 +69,6 @@ def evaluate(model, x, y, normalise, batch_size, autocast=nullcontext):
     return loss_sum / len(x), correct.float() / len(x)
 
 
-class Progress:
-    """A one-line progress bar per epoch on a terminal; nothing otherwise (epoch lines are logged)."""
-
-    def __init__(self):
-        self.enabled = sys.stderr.isatty()
-
-    def update(self, epoch, epochs, done, total):
-        if self.enabled:
-            filled = int(30 * done / total)
-            sys.stderr.write(f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
-            sys.stderr.flush()
-
-    def clear(self):
-        if self.enabled:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-
-
 class TrainWindow:
     """Training loss and accuracy summed on the device over the steps since the last log point."""
 
@@ -116,8 +98,10 @@ class TrainWindow:
         self.steps, self.images = state["steps"], state["images"]
 
 
-def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext, checkpoints: Checkpoints | None = None) -> Outcome:
-    """Train for the configured steps; log to `metrics` (a tracking.MetricBuffer).
+def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext, checkpoints: Checkpoints | None = None,
+          label: str | None = "") -> Outcome:
+    """Train for the configured steps; log to `metrics` (a tracking.MetricBuffer); show
+    progress (harness.progress) under `label`, or none if it is None.
 
     step_context() is entered around each step (harness.syncs checks there that no step
     waits for the device). With `checkpoints`, training starts from the saved checkpoint if
@@ -131,7 +115,8 @@ def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext, checkpoi
     total_steps = cfg_trainer.steps or cfg_trainer.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
     val_x, val_y = setup.splits.val_x.to(device), setup.splits.val_y.to(device)
-    progress, window = Progress(), TrainWindow(device)
+    window = TrainWindow(device)
+    progress = Progress(label, total_steps, steps_per_epoch, batches.batch_size, device, cfg_trainer.progress_every)
     step, first_epoch, epoch_step, final = 0, 1, 0, {}
     resumed = checkpoints.load() if checkpoints else None
     if resumed:
@@ -148,52 +133,65 @@ def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext, checkpoi
                           "optimizer": setup.optimizer.state_dict(), "scheduler": scheduler.state_dict()})
 
     model.train()
-    for epoch in range(first_epoch, epochs + 1):
-        start, epoch_start_step = time.perf_counter(), step - epoch_step
-        epoch_steps = min(steps_per_epoch, total_steps - epoch_start_step)
-        epoch_start_rng = batches.generator.get_state()  # what regenerates this epoch's batches
-        epoch_batches = batches.epoch(first_batch=epoch_step)
-        for _ in range(epoch_steps - epoch_step):
-            if checkpoints and checkpoints.stop_signal:
-                metrics.flush(before_sending=lambda: save(epoch, step - epoch_start_step, epoch_start_rng))
-                raise Interrupted(checkpoints.stop_signal)
-            with step_context():
-                x, y = next(epoch_batches)
-                lr = scheduler.get_last_lr()[0]
-                loss, logits = train_step(setup, x, y, step, lr, metrics)
-                scheduler.step()
-                step += 1
-                window.add(loss, logits, y)
-                if step % cfg_trainer.log_every == 0:
-                    metrics.add(step, {**window.take(), contract.LR: lr})
-                    progress.update(epoch, epochs, step - epoch_start_step, epoch_steps)
-        if window.steps:  # every epoch ends with a log point
-            metrics.add(step, {**window.take(), contract.LR: lr})
-        steps_run, epoch_step = epoch_steps - epoch_step, 0
+    with progress.running(step):
+        for epoch in range(first_epoch, epochs + 1):
+            start, epoch_start_step = time.perf_counter(), step - epoch_step
+            epoch_steps = min(steps_per_epoch, total_steps - epoch_start_step)
+            epoch_start_rng = batches.generator.get_state()  # what regenerates this epoch's batches
+            epoch_batches = batches.epoch(first_batch=epoch_step)
+            for _ in range(epoch_steps - epoch_step):
+                if checkpoints and checkpoints.stop_signal:
+                    metrics.flush(before_sending=lambda: save(epoch, step - epoch_start_step, epoch_start_rng))
+                    raise Interrupted(checkpoints.stop_signal)
+                with step_context():
+                    x, y = next(epoch_batches)
+                    lr = scheduler.get_last_lr()[0]
+                    loss, logits = train_step(setup, x, y, step, lr, metrics)
+                    scheduler.step()
+                    step += 1
+                    window.add(loss, logits, y)
+                    means = window.take() if step % cfg_trainer.log_every == 0 else None
+                    if means:
+                        metrics.add(step, {**means, contract.LR: lr})
+                if means:
+                    progress.loss.offer(means[contract.TRAIN_LOSS])  # outside the step: on a CPU it reads
+                progress.advance(step)
+            if window.steps:  # every epoch ends with a log point
+                metrics.add(step, {**window.take(), contract.LR: lr})
+            steps_run, epoch_step = epoch_steps - epoch_step, 0
 
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-        images_per_sec = steps_run * batches.batch_size / seconds
-        metrics.add(step, {contract.EPOCH_TIME: seconds, contract.IMAGES_PER_SEC: images_per_sec, "epoch": epoch})
-        if len(val_x) and (epoch % cfg_trainer.eval_every == 0 or step == total_steps):  # data.val_size=0: none
-            val_loss, val_acc = evaluate(model, val_x, val_y, normalise, eval_batch, mixed)
-            metrics.add(step, {contract.VAL_LOSS: val_loss, contract.VAL_ACC: val_acc})
-            metrics.add(step, probes.evaluate("val", step, val_x, val_y, normalise, eval_batch, mixed))
-        progress.clear()
-        # the checkpoint goes between staging the metrics and sending them: whatever happens to
-        # the store, a resumed job neither repeats nor misses a point (tracking.MetricBuffer)
-        due = checkpoints and checkpoints.due(epoch) and step < total_steps
-        checkpoint = (lambda: save(epoch + 1, 0, batches.generator.get_state())) if due else None
-        final.update((key, value) for key, value, _ in metrics.flush(before_sending=checkpoint))
-        log.info("epoch %d/%d step %d: %s", epoch, epochs, step, _summary(final, images_per_sec))
-        if not math.isfinite(final[contract.TRAIN_LOSS]):
-            log.warning("training loss is %s at step %d: the run diverged, stopping", final[contract.TRAIN_LOSS], step)
-            return Outcome("diverged", step, final)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - start
+            images_per_sec = steps_run * batches.batch_size / seconds
+            metrics.add(step, {contract.EPOCH_TIME: seconds, contract.IMAGES_PER_SEC: images_per_sec, "epoch": epoch})
+            if len(val_x) and (epoch % cfg_trainer.eval_every == 0 or step == total_steps):  # data.val_size=0: none
+                with progress.phase(f"epoch {epoch}/{epochs}: validation on {len(val_x):,} images"):
+                    val_loss, val_acc = evaluate(model, val_x, val_y, normalise, eval_batch, mixed)
+                    metrics.add(step, {contract.VAL_LOSS: val_loss, contract.VAL_ACC: val_acc})
+                _probe(progress, probes, f"epoch {epoch}/{epochs}: ", "val", step, val_x, val_y, normalise,
+                       eval_batch, mixed, metrics)
+            # the checkpoint goes between staging the metrics and sending them: whatever happens to
+            # the store, a resumed job neither repeats nor misses a point (tracking.MetricBuffer)
+            due = checkpoints and checkpoints.due(epoch) and step < total_steps
+            checkpoint = (lambda: save(epoch + 1, 0, batches.generator.get_state())) if due else None
+            final.update((key, value) for key, value, _ in metrics.flush(before_sending=checkpoint))
+            log.info("epoch %d/%d step %d: %s", epoch, epochs, step, _summary(final, images_per_sec))
+            if not math.isfinite(final[contract.TRAIN_LOSS]):
+                log.warning("training loss is %s at step %d: the run diverged, stopping", final[contract.TRAIN_LOSS], step)
+                return Outcome("diverged", step, final)
 
-    final.update(final_test(setup, step, eval_batch, metrics))
+        final.update(final_test(setup, step, eval_batch, metrics, progress))
     log.info("test: loss %.4f, accuracy %.4f", final[contract.TEST_LOSS], final[contract.TEST_ACC])
     return Outcome("finished", step, final)
+
+
+def _probe(progress, probes, prefix, split, step, x, y, normalise, eval_batch, mixed, metrics):
+    """The invariance probes on a split, announced: they can take longer than the evaluation."""
+    plan = probes.plan(split)
+    if plan:
+        with progress.phase(f"{prefix}{plan}"):
+            metrics.add(step, probes.evaluate(split, step, x, y, normalise, eval_batch, mixed))
 
 
 def _restore(setup: Setup, window: TrainWindow, state: dict) -> None:
@@ -220,13 +218,14 @@ def train_step(setup: Setup, x, y, step: int, lr: float, metrics):
     return loss, logits
 
 
-def final_test(setup: Setup, step: int, eval_batch: int, metrics) -> dict:
-    """The final evaluation on the test set (used for nothing else), with its shift scores."""
+def final_test(setup: Setup, step: int, eval_batch: int, metrics, progress: Progress) -> dict:
+    """The final evaluation on the test set (used for nothing else), with its invariance scores."""
     device, probes, mixed = setup.device, setup.probes, setup.compute.autocast
     x, y = setup.splits.test_x.to(device), setup.splits.test_y.to(device)
-    loss, accuracy = evaluate(setup.model, x, y, setup.normalise, eval_batch, mixed)
-    metrics.add(step, {contract.TEST_LOSS: loss, contract.TEST_ACC: accuracy})
-    metrics.add(step, probes.evaluate("test", step, x, y, setup.normalise, eval_batch, mixed))
+    with progress.phase(f"final test on {len(x):,} images"):
+        loss, accuracy = evaluate(setup.model, x, y, setup.normalise, eval_batch, mixed)
+        metrics.add(step, {contract.TEST_LOSS: loss, contract.TEST_ACC: accuracy})
+    _probe(progress, probes, "", "test", step, x, y, setup.normalise, eval_batch, mixed, metrics)
     for point, accuracy in probes.curve_metrics():
         metrics.add(point, accuracy)
     return {key: value for key, value, _ in metrics.flush()}

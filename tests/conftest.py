@@ -55,6 +55,22 @@ def run_cli(*args, runs_dir: Path, uri: str | None = None, timeout: int = 300, e
                           env={**os.environ, **(env or {})})
 
 
+def chromium():
+    """A headless Chromium page factory (playwright driving the system's chromium), or a skip;
+    with HARNESS_REQUIRE_BROWSER=1 (CI) a missing browser fails instead."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if path is None or sync_playwright is None:
+        why = "needs chromium (apt install chromium) and playwright (pip install playwright)"
+        if os.environ.get("HARNESS_REQUIRE_BROWSER") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    return sync_playwright, path
+
+
 @pytest.fixture
 def runs_dir(tmp_path):
     path = tmp_path / "runs"

@@ -13,7 +13,7 @@ from analysis import frames
 from analysis.figures import DPI, FIGSIZE
 from analysis.load import histories_frame, layer_tables, open_client, runs_frame, select_runs
 
-from conftest import PROJECT_ROOT, run_cli
+from conftest import PROJECT_ROOT, chromium, run_cli
 
 FAST = ["data=synthetic", "trainer=smoke", "probes.shift.images=64"]
 
@@ -68,6 +68,74 @@ def test_report_of_the_latest_sweep(depth_bn_store, tmp_path):
     assert analysis("--uri", uri, "--out", str(out), "--sweep", selection.name).returncode == 0
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}
     assert after == before  # the same store gives the same files
+
+
+def test_report_html_shows_every_figure_in_a_browser_from_disk(depth_bn_store, tmp_path):
+    """One self-contained file: every figure decodes and has a size on the page; every run is a
+    link to its page in the MLflow UI."""
+    sync_playwright, chromium_path = chromium()
+    uri, _ = depth_bn_store
+    out = tmp_path / "report"
+    assert analysis("--uri", uri, "--out", str(out), "--ui", "http://127.0.0.1:5999").returncode == 0
+    drawn = sorted(p.stem for p in out.glob("*.png"))
+    html_file = out / "report.html"
+    copy = tmp_path / "alone" / "report.html"  # nothing beside it: the figures must be inside
+    copy.parent.mkdir()
+    copy.write_bytes(html_file.read_bytes())
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(copy.as_uri())
+        images = page.evaluate("""() => Array.from(document.images).map(i => ({
+            id: i.closest('figure').id, complete: i.complete, width: i.naturalWidth, height: i.naturalHeight,
+            shown: i.getBoundingClientRect().width * i.getBoundingClientRect().height}))""")
+        links = page.evaluate("() => Array.from(document.querySelectorAll('a')).map(a => [a.textContent, a.href])")
+        headings = page.evaluate("() => Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
+        browser.close()
+    assert sorted(i["id"] for i in images) == drawn
+    assert all(i["complete"] and (i["width"], i["height"]) == (FIGSIZE[0] * DPI, FIGSIZE[1] * DPI) and i["shown"] > 100_000
+               for i in images), images
+    client = open_client(uri)
+    runs = select_runs(client).runs
+    expected = {(r.info.run_name, f"http://127.0.0.1:5999/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}"
+                                  "?workflowType=machine_learning") for r in runs}
+    assert set(map(tuple, links)) == expected
+    assert headings == ["Claims", "Figures", "Runs", "Config"]
+
+
+def test_figures_share_scales_start_at_zero_and_say_what_they_show(depth_bn_store):
+    from analysis import figures
+
+    uri, _ = depth_bn_store
+    client = open_client(uri)
+    selection = select_runs(client)
+    runs, layers = runs_frame(selection.runs), layer_tables(client, selection.runs)
+    history = histories_frame(client, uri, selection.runs)
+
+    heatmap, _ = figures.grad_heatmap(history, runs, layers)
+    meshes = [ax.collections[0] for ax in heatmap.axes if ax.get_title()]  # the panels, not the colour bar
+    assert len(meshes) == 4 and len({mesh.get_clim() for mesh in meshes}) == 1  # one colour scale
+    titles = [ax.get_title() for ax in heatmap.axes if ax.get_title()]
+    assert len(set(titles)) == 4 and all("depth" in t and "BatchNorm" in t for t in titles)  # every varied axis
+
+    curves, finding = figures.training_curves(history, runs, layers)
+    assert all(ax.get_xlim()[0] == 0 and ax.get_ylim()[0] == 0 for ax in curves.axes if ax.get_xlabel())
+    final = {}  # the caption's ratio, from MLflow directly
+    for run in selection.runs:
+        key = (run.data.params["model.batchnorm"] == "True", int(run.data.params["model.depth"]))
+        final[key] = client.get_metric_history(run.info.run_id, "train/loss")[-1].value
+    assert f"BatchNorm: depth 14 ends with {final[(True, 14)] / final[(True, 8)]:.3g}x the training loss of depth 8" \
+        in finding
+
+    errors, _ = figures.error_vs_depth(history, runs, layers)
+    ax = errors.axes[0]
+    assert ax.get_ylim() == (0, 1) and "BatchNorm on vs off" in errors._suptitle.get_text()
+    assert "plain vs residual" not in errors._suptitle.get_text()  # residual was not varied
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1  # outside the data
+
+    per_layer, _ = figures.grad_vs_layer(history, runs, layers)
+    assert all(tick == int(tick) for ax in per_layer.axes for tick in ax.get_xticks())
 
 
 def test_grad_by_layer_frame_has_a_row_per_layer_per_step_per_run(depth_bn_store):
@@ -181,3 +249,15 @@ def test_report_says_the_gradient_flow_of_each_run_from_its_metrics(depth_bn_sto
         line = next(line for line in index.splitlines()
                     if line.startswith(f"- {net} (") and ("no BatchNorm" in line) == (run.data.params["model.batchnorm"] == "False"))
         assert f"{ratio:.3g} at step 0" in line
+
+
+def test_a_sweep_whose_jobs_all_failed_says_so_not_probes_off(tmp_path):
+    runs_dir = tmp_path / "runs"
+    result = run_cli("-m", "model.depth=8,14", "optim.momentum=-1", *FAST, runs_dir=runs_dir)
+    assert result.returncode == 1
+    out = tmp_path / "report"
+    assert analysis("--uri", f"sqlite:///{runs_dir}/mlflow.db", "--out", str(out)).returncode == 0
+    index = (out / "index.md").read_text()
+    assert "training_curves: no run of the selection finished (2 failed)" in index
+    assert "probes off" not in index
+    assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # a report folder others may read

@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 import math
 import os
 import subprocess
@@ -37,6 +38,19 @@ def test_depth_sweep_logs_one_parent_and_its_jobs(runs_dir):
     assert parent.info.status == "FINISHED" and parent.data.tags["jobs"] == "2"
     jobs = sorted(children_of(runs, parent), key=lambda r: int(r.data.params["model.depth"]))
     assert len(runs) == 3 and [r.data.params["model.depth"] for r in jobs] == ["8", "20"]
+    # names a runs table has room for: the sweep's time and id, each job's swept values
+    assert parent.info.run_name == "sweep " + parent.data.tags["sweep_id"].split("/")[1]
+    assert [r.info.run_name for r in jobs] == ["d8", "d20"]
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's model-training view
+    for k, run in enumerate(jobs, 1):  # what is happening, as it happens, in the job's log
+        assert f"job {k}/2 d{run.data.params['model.depth']}: final test on 1,024 images" in result.stderr
+        assert run.data.tags["mlflow.note.content"].startswith(f"finished: train/loss **{run.data.metrics['train/loss']:.4f}**")
+    # the parent's table of jobs: swept values and headline metrics, as the UI shows it
+    table = json.loads(open(client.download_artifacts(parent.info.run_id, "jobs_table.json")).read())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert [(row["run"], row["model.depth"], row["test/acc"]) for row in rows] == [
+        (run.info.run_name, run.data.params["model.depth"], run.data.metrics["test/acc"]) for run in jobs]
 
     for num, run in enumerate(jobs):
         params, tags = run.data.params, run.data.tags

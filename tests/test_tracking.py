@@ -152,3 +152,18 @@ def test_concurrent_writers_to_one_sqlite_store_lose_nothing(tmp_path):
         history = client.get_metric_history(run.info.run_id, "x")
         assert sorted(m.step for m in history) == list(range(10_000))
         assert all(m.value == m.step for m in history)
+
+
+def test_experiments_open_in_the_model_training_view_even_if_made_before(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from conftest import local_store
+
+    uri = local_store(tmp_path)
+    old = MlflowClient(uri).create_experiment("made-before", artifact_location=(tmp_path / "a").as_uri())
+    client, experiment_id = open_experiment(uri, "made-before")
+    assert experiment_id == old
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    client.set_experiment_tag(old, "mlflow.experimentKind", "genai_development")  # a user's own choice stays
+    open_experiment(uri, "made-before")
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "genai_development"

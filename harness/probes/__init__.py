@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from harness import contract
 from harness.probes.grad_norms import GradNorms
 from harness.probes.landscape import landscape_probe
-from harness.probes.invariance import family_scores, grid, stratified_sample
+from harness.probes.invariance import Family, family_scores, grid, stratified_sample
 from harness.probes.shift import shift_scores
 
 
@@ -37,6 +37,16 @@ class Probes:
 
     def after_step(self, step: int) -> dict:
         return self.grad_norms.after_step(step)
+
+    def plan(self, split: str) -> str | None:
+        """What evaluate(split) will do, for the progress line; None if nothing."""
+        shift, families = self.cfg.shift, self.cfg.invariance.families
+        size = shift.images if split == "test" else shift.val_images
+        passes = [f"{(2 * shift.max + 1) ** 2} shifts"] if shift.max else []
+        passes += [f"{len(grid(f, self.cfg.invariance))} {Family(f).value}s" for f in families]
+        if not size or not passes:
+            return None
+        return f"invariance scores on {size:,} {'test' if split == 'test' else 'validation'} images ({' + '.join(passes)} each)"
 
     def evaluate(self, split: str, step: int, x, y, normalise, batch_size: int, autocast=nullcontext) -> dict:
         """Invariance metrics of the model on the split's sample: shift.images of the test split,
