@@ -216,7 +216,8 @@ def _label(job: JobInfo, parent: dict | None) -> str:
     """`job 3/8 d56 plain` for a sweep's job, shown with its progress; nothing for a single run."""
     if parent is None:
         return ""
-    total = len(json.loads((job.sweep_dir / JOBS_FILE).read_text()))
+    jobs = job.sweep_dir / JOBS_FILE
+    total = len(json.loads(jobs.read_text())) if jobs.is_file() else "?"  # a sweep from before jobs.json
     return f"job {job.num + 1}/{total} {job_name(job.overrides, parent['swept'])}"
 
 

@@ -74,7 +74,7 @@ def train_once(cfg, splits, setup=None, step_context=nullcontext):
     setup = setup or build(cfg, splits)
     client, experiment_id = open_experiment(cfg.tracking.uri, "bench")
     run_id = client.create_run(experiment_id).info.run_id
-    outcome = train(setup, cfg.trainer, MetricBuffer(client, run_id), step_context)
+    outcome = train(setup, cfg.trainer, MetricBuffer(client, run_id), step_context, label=None)  # timed: no display
     client.set_terminated(run_id)
     return outcome
 

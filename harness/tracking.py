@@ -242,7 +242,6 @@ def short_name(overrides: list) -> str:
     return " ".join(parts)
 
 
-
 class JobRun:
     """The MLflow run of one job: params and tags up front, metrics in batches, always ended."""
 
