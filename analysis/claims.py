@@ -162,9 +162,11 @@ HOLDS, DOES_NOT_HOLD, TOO_FEW, TOO_SHORT = "holds", "does not hold", "not enough
 SPREADS = 2  # a difference must exceed this many standard deviations across seeds
 
 
-def measures(history: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
+def measures(history: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame, flow: pd.DataFrame | None = None
+             ) -> pd.DataFrame:
     """One row per run: its axes and labels, whether it is usable (finished, not diverged) and
-    converged, and each quantity of QUANTITIES it has (NaN where it has not)."""
+    converged, and each quantity of QUANTITIES it has (NaN where it has not). flow: the runs'
+    gradient_flow table, if the caller has it already."""
     frame = frames.labelled_runs(runs).merge(convergence(history), on="run_id", how="left")
 
     def metric(key):
@@ -178,7 +180,8 @@ def measures(history: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame) ->
         frame[f"{family} consistency"] = metric(f"test/{family}_{contract.CONSISTENCY}")
     variation = history[history["key"] == contract.LANDSCAPE_LOSS_VARIATION].groupby("run_id")["value"].mean()
     frame["loss variation"] = frame["run_id"].map(variation)
-    flow = gradient_flow(frames.grad_by_layer(history, runs, layers))
+    if flow is None:
+        flow = gradient_flow(frames.grad_by_layer(history, runs, layers))
     ratio = flow.set_index("run_id")["ratio_start"] if not flow.empty else pd.Series(dtype=float)
     frame["first/last layer gradient ratio"] = frame["run_id"].map(ratio)
     with np.errstate(divide="ignore"):

@@ -44,7 +44,7 @@ def write_report(client, uri, selection, out_dir: Path, ui_url: str) -> dict:
         table = summary(runs)
         table.to_csv(build / "summary.csv", index=False)
         flow = gradient_flow(grad_by_layer(history, runs, layers))
-        claims = verdicts(measures(history, runs, layers), swept(runs))
+        claims = verdicts(measures(history, runs, layers, flow), swept(runs))
         claims.to_csv(build / "claims.csv", index=False)
         (build / "index.md").write_text(_index(selection, drawn, skipped, table, flow, claims))
         experiments = {r.info.run_id: r.info.experiment_id for r in selection.runs}

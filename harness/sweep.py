@@ -92,9 +92,10 @@ class Sweep:
         failed = sum(o not in DONE for o in outcomes)
         diverged = outcomes.count("diverged")
         stopped = stop_signal(self.folder)
+        info = read_parent(self.folder)
         try:
-            self._end_orphans()
-            self._log_jobs_table()
+            self._end_orphans(info["experiment_id"])
+            self._log_jobs_table(info)  # after the orphans: their outcome is "killed" by now
             self.client.log_batch(self.run_id, tags=[RunTag("jobs", str(len(outcomes))),
                                                      RunTag("jobs_failed", str(failed)),
                                                      RunTag("jobs_diverged", str(diverged))])
@@ -106,13 +107,12 @@ class Sweep:
         if stopped:
             summary += f", stopped by {signal.Signals(stopped).name} (python -m harness.runs resume {self.folder})"
         (log.warning if failed or not completed else log.info)(summary)
-        log.info("browse it: %s", ui_address(read_parent(self.folder)))
+        log.info("browse it: %s", ui_address(info))
         return failed
 
-    def _log_jobs_table(self) -> None:
+    def _log_jobs_table(self, info: dict) -> None:
         """The jobs at a glance on the parent run: each job's name, outcome, swept values and
         headline metrics, as an MLflow table (log_table: the UI's artifact view shows it as one)."""
-        info = read_parent(self.folder)
         jobs = self.client.search_runs([info["experiment_id"]], f"tags.`{contract.PARENT}` = '{self.run_id}'",
                                        order_by=["attributes.start_time ASC"], max_results=50000)
         table = {"run": [r.info.run_name for r in jobs], "outcome": [r.data.tags.get(contract.OUTCOME) for r in jobs],
@@ -121,9 +121,9 @@ class Sweep:
                  **{key: [r.data.metrics.get(key) for r in jobs] for key in contract.HEADLINE}}
         self.client.log_table(self.run_id, data=table, artifact_file=contract.JOBS_TABLE)
 
-    def _end_orphans(self) -> None:
+    def _end_orphans(self, experiment_id: str) -> None:
         children = self.client.search_runs(
-            [read_parent(self.folder)["experiment_id"]],
+            [experiment_id],
             f"tags.`{contract.PARENT}` = '{self.run_id}' and attributes.status = 'RUNNING'")
         for run in children:
             self.client.set_tag(run.info.run_id, contract.OUTCOME, "killed")
