@@ -139,9 +139,9 @@ CLAIMS = [
     Claim(DOWN, "With circular padding and no downsampling, a CNN is exactly invariant to circular shifts",
           "shift consistency", 1.0, "<=", {"padding": "circular", "downsample": "none"}, trained=False),
     *[Claim(INV, f"CNNs are not invariant to {family} unless trained to be", f"{family} consistency", 1.0, ">", NO_AUG)
-      for family in ("rotation", "scale", "illumination")],
+      for family in contract.INVARIANCE_FAMILIES],
     *[Claim(INV, f"Training with rotations and scaling makes a CNN more {family}-invariant",
-            f"{family} consistency", {"augment": "geometric"}, ">", NO_AUG) for family in ("rotation", "scale")],
+            f"{family} consistency", {"augment": "geometric"}, ">", NO_AUG) for family in contract.GEOMETRIC_FAMILIES],
     Claim(REG, "Dropout regularises: it narrows the gap between training and test accuracy", "generalisation gap",
           {"dropout": "min"}, ">", {"dropout": "max"}),
     Claim(REG, "Weight decay regularises", "generalisation gap", {"weight_decay": "min"}, ">", {"weight_decay": "max"}),
@@ -155,7 +155,7 @@ QUANTITIES = {  # how each quantity is read, for the report
     "first/last layer gradient ratio": "first conv layer's gradient norm / last conv layer's, at step 0",
     "|log10 gradient ratio|": "|log10| of that ratio at step 0 (0: the gradient is as large at the input as at the output)",
     "generalisation gap": f"training accuracy (last {FINAL_WINDOW:.0%} of steps, augmented batches) - test accuracy",
-    **{f"{f} consistency": f"test-set {f} consistency" for f in ("rotation", "scale", "illumination")},
+    **{f"{f} consistency": f"test-set {f} consistency" for f in contract.INVARIANCE_FAMILIES},
 }
 AXIS_OF_COLUMN = {"architecture": "residual", "normalisation": "batchnorm"}  # frames' label columns
 HOLDS, DOES_NOT_HOLD, TOO_FEW, TOO_SHORT = "holds", "does not hold", "not enough runs to tell", "budget too short"
@@ -176,7 +176,7 @@ def measures(history: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame, fl
     frame["final training loss"] = frame["final_train_loss"]
     frame["generalisation gap"] = frame["final_train_acc"] - metric(contract.TEST_ACC)
     frame["shift consistency"] = metric(f"test/{contract.SHIFT_CONSISTENCY}")
-    for family in ("rotation", "scale", "illumination"):
+    for family in contract.INVARIANCE_FAMILIES:
         frame[f"{family} consistency"] = metric(f"test/{family}_{contract.CONSISTENCY}")
     variation = history[history["key"] == contract.LANDSCAPE_LOSS_VARIATION].groupby("run_id")["value"].mean()
     frame["loss variation"] = frame["run_id"].map(variation)

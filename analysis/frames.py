@@ -89,7 +89,7 @@ def shift_curves(history: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-FAMILIES = ("shift", "rotation", "scale", "illumination")
+FAMILIES = ("shift", *contract.INVARIANCE_FAMILIES)
 
 
 def invariance_scores(runs: pd.DataFrame) -> pd.DataFrame:

@@ -48,28 +48,28 @@ def select_runs(client, sweep=None, experiment=None, filter_string=None) -> Sele
 
     if sweep is None and (experiment is not None or filter_string is not None):
         jobs = _search(client, ids, _and("attributes.status != 'RUNNING'", filter_string))
-        jobs = [r for r in jobs if r.data.tags.get("kind") != "sweep"]
+        jobs = [r for r in jobs if r.data.tags.get(contract.KIND) != contract.KIND_SWEEP]
         if not jobs:
             raise SelectionError(f"no finished runs match experiment={experiment!r} filter={filter_string!r}")
         return Selection(experiment or "filtered", None, jobs)
 
-    sweeps = _search(client, ids, "tags.kind = 'sweep'", order_by=["attributes.start_time DESC"])
+    sweeps = _search(client, ids, f"tags.{contract.KIND} = '{contract.KIND_SWEEP}'", order_by=["attributes.start_time DESC"])
     if not sweeps:
         raise SelectionError("the MLflow store has no sweeps (python -m harness -m ... makes one)")
     if sweep is None:
         parent = sweeps[0]
     else:
-        matches = [r for r in sweeps if sweep in (r.data.tags.get("sweep_id"), r.info.run_id, r.info.run_name,
-                                                  r.data.tags.get("sweep_id", "").split("/")[-1])]
+        matches = [r for r in sweeps if sweep in (r.data.tags.get(contract.SWEEP_ID), r.info.run_id, r.info.run_name,
+                                                  r.data.tags.get(contract.SWEEP_ID, "").split("/")[-1])]
         if not matches:
-            known = ", ".join(r.data.tags.get("sweep_id", r.info.run_id) for r in sweeps[:10])
+            known = ", ".join(r.data.tags.get(contract.SWEEP_ID, r.info.run_id) for r in sweeps[:10])
             raise SelectionError(f"no sweep {sweep!r}; recent sweeps: {known}")
         parent = matches[0]
     jobs = _search(client, [parent.info.experiment_id],
-                   _and(f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", filter_string))
+                   _and(f"tags.`{contract.PARENT}` = '{parent.info.run_id}'", filter_string))
     if not jobs:
-        raise SelectionError(f"sweep {parent.data.tags.get('sweep_id')} has no job runs")
-    return Selection(parent.data.tags.get("sweep_id", parent.info.run_id), parent, jobs)
+        raise SelectionError(f"sweep {parent.data.tags.get(contract.SWEEP_ID)} has no job runs")
+    return Selection(parent.data.tags.get(contract.SWEEP_ID, parent.info.run_id), parent, jobs)
 
 
 def _and(a, b):

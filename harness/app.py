@@ -125,6 +125,7 @@ def check_command_line(argv: list) -> None:
             or args.config_path or args.config_dir:
         return  # Hydra's own business
     config_name = args.config_name or "config"
+    check_recipe_and_trainer(args.overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             if not args.multirun:
@@ -136,6 +137,21 @@ def check_command_line(argv: list) -> None:
                 compose(config_name, overrides=overrides)
     except COMPOSITION_ERRORS as e:
         raise ConfigError(one_line(e)) from None
+    except ValueError as e:  # `model=null`: Hydra's message does not say which group
+        emptied = [o.input_line for o in OverridesParser.create().parse_overrides(args.overrides)
+                   if o.value() is None and "." not in o.key_or_group]
+        raise ConfigError(f"{emptied[0]}: a config group cannot be set to null on the command line: name "
+                          "one of its choices, or leave it out" if emptied else one_line(e)) from None
+
+
+def check_recipe_and_trainer(overrides: list) -> None:
+    """A recipe sets the training length and batch size itself, after the trainer group: a
+    trainer preset named with it would be silently overridden."""
+    named = {o.key_or_group: o for o in OverridesParser.create().parse_overrides(overrides)}
+    recipe, trainer = named.get("recipe"), named.get("trainer")
+    if recipe is not None and recipe.value() is not None and trainer is not None and trainer.value() != "default":
+        raise ConfigError(f"{recipe.input_line} sets the training length and batch size itself: drop "
+                          f"{trainer.input_line}, or shorten the recipe with trainer.steps=N")
 
 
 def sweep_jobs(config_name: str, overrides: list) -> list:
@@ -148,6 +164,8 @@ def sweep_jobs(config_name: str, overrides: list) -> list:
 
 def check_runs_folder(cfg) -> None:
     """paths.runs must be a folder this process can write: Hydra would fail there with a traceback."""
+    if not str(cfg.paths.runs).strip():
+        raise ConfigError("paths.runs='' must be a folder")
     runs = Path(cfg.paths.runs)
     try:
         runs.mkdir(parents=True, exist_ok=True)
@@ -277,7 +295,7 @@ def build(cfg, splits: Splits | None = None) -> Setup:
     apply_compute(compute)
     torch.manual_seed(cfg.trainer.seed)
     splits = splits or load_data(cfg.data)
-    validate(cfg, splits.image_size)  # sizes a dataset only tells once read
+    validate(cfg, splits.image_size, len(splits.train_x))  # sizes a dataset only tells once read
     device = compute.device
     model = make_model(cfg.model, splits.num_classes, splits.in_channels).to(device, memory_format=compute.memory_format)
     optimizer = build_optimizer(model, optimizer_factory(cfg.optim), cfg.optim.get("weight_decay", 0.0),

@@ -9,7 +9,6 @@ is reproducible.
 
 import torch
 
-from harness.errors import ConfigError
 
 
 class Normalise:
@@ -30,8 +29,6 @@ class TrainBatches:
     so every step has the same shape)."""
 
     def __init__(self, x, y, batch_size, augment, normalise, device, seed):
-        if len(x) < batch_size:
-            raise ConfigError(f"trainer.batch_size={batch_size} is larger than the {len(x)} training images")
         self.x = x.to(device)
         self.y = y.to(device)
         self.batch_size = batch_size

@@ -1,7 +1,7 @@
 """How a job computes: device, precision, memory layout, compilation and CPU threads.
 
-Resolved once per job from the `trainer` config (every bad value raises ConfigError before
-anything is written) and applied to the process: thread count, cuDNN autotuning.
+Resolved once per job from the `trainer` config (harness.config.validate has checked every value
+before anything is written) and applied to the process: thread count, cuDNN autotuning.
 """
 
 import os
@@ -11,7 +11,6 @@ from enum import Enum
 
 import torch
 
-from harness.errors import ConfigError
 
 
 class Precision(str, Enum):
@@ -67,10 +66,7 @@ def apply(compute: Compute) -> None:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={name!r} but no CUDA device is available: use auto or cpu")
-    return device
+    return torch.device(name)  # harness.config.validate checks that a CUDA device is there
 
 
 def bf16_supported(device: torch.device) -> bool:

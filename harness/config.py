@@ -240,13 +240,20 @@ register()
 # ---------------------------------------------------------------- rules types cannot express
 
 
-def validate(cfg, image_size: int | None = None) -> None:
+TOP_LEVEL_KEYS = (*SCHEMAS, "paths")
+
+
+def validate(cfg, image_size: int | None = None, train_images: int | None = None) -> None:
     """Raise ConfigError naming the first bad value, its key and what is allowed.
 
-    image_size: the images' side in pixels where the dataset says it before it is read
-    (generated data, CIFAR-10); shifts and crops are checked against it.
+    image_size, train_images: the images' side in pixels and the number of training images
+    left after the validation split, once the dataset is read; before that, what the dataset
+    declares (generated data, CIFAR-10). Shifts, crops and batches are checked against them.
     """
     image_size = image_size or declared_image_size(cfg.data)
+    unknown = [key for key in cfg if key not in TOP_LEVEL_KEYS]
+    if unknown:
+        raise ConfigError(f"{unknown[0]} is not a config group or key: use one of {', '.join(TOP_LEVEL_KEYS)}")
     for group in SCHEMAS:
         _check_known_keys(cfg[group])
     _check_model(cfg.model)
@@ -256,11 +263,31 @@ def validate(cfg, image_size: int | None = None) -> None:
     _check_schedule(cfg.schedule)
     _check_probes(cfg.probes, image_size)
     _check_trainer(cfg.trainer)
+    _check_sizes(cfg, train_images or declared_train_images(cfg.data))
     _check_tracking(cfg.tracking)
 
 
 def declared_image_size(cfg_data) -> int | None:
     return getattr(_target(cfg_data), "IMAGE_SIZE", None) or cfg_data.get("image_size")
+
+
+def declared_train_images(cfg_data) -> int | None:
+    """Training images left after the validation split, where the dataset declares its size."""
+    total = getattr(_target(cfg_data), "TRAIN_SIZE", None) or cfg_data.get("train_size")
+    if total is None:
+        return None
+    val = cfg_data.val_size
+    return total - (round(val * total) if 0 < val < 1 else int(val))
+
+
+def _check_sizes(cfg, train_images: int | None):
+    if train_images is None:
+        return
+    subset = cfg.data.train_subset
+    if subset > train_images:
+        _fail(cfg.data, "train_subset", f"must be at most the {train_images} training images (0: all of them)")
+    if cfg.trainer.batch_size > (subset or train_images):
+        _fail(cfg.trainer, "batch_size", f"is larger than the {subset or train_images} training images")
 
 
 def _target(node):
@@ -327,6 +354,9 @@ def _check_data(d):
     if "image_size" in d and not 12 <= d.image_size <= 256:
         _fail(d, "image_size", "must be between 12 and 256 pixels")
     _at_least(d, "train_subset", 0)
+    for key in ("split_seed", "seed"):
+        if key in d:
+            _at_least(d, key, 0, "must be a non-negative integer")
     for key in ("train_size", "test_size"):
         if key in d:
             _at_least(d, key, 1)
@@ -448,6 +478,8 @@ def _check_trainer(t):
         device = "bad"
     if device == "bad" or (device is not None and device.type not in ("cpu", "cuda")):
         _fail(t, "device", "is not a device: use auto, cpu or cuda[:N]")
+    if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+        _fail(t, "device", "but no CUDA device is available: use auto or cpu")
 
 
 def _check_tracking(t):
@@ -475,6 +507,8 @@ def one_line(error: Exception) -> str:
         cause = cause.__cause__
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         message = str(cause).splitlines()[0]
+        if "is not a valid bool" in message:
+            message += ": use true or false (also yes/no, on/off, 1/0)"
         return f"{cause.full_key}: {message}" + _key_hint(cause)
     first = str(error).strip().splitlines()
     text = first[0] if first else type(error).__name__

@@ -38,6 +38,8 @@ GRAD_NORM_TOTAL = "grad_norm/total"
 SHIFT_CONSISTENCY, SHIFT_CONSISTENCY_SE, SHIFT_INSTABILITY, SHIFT_PROB_CHANGE = (
     "shift_consistency", "shift_consistency_se", "shift_instability_1px", "shift_prob_change_1px")  # after val/, test/
 SHIFT_ACC_DX = "shift/acc_dx"  # at step dx + max
+INVARIANCE_FAMILIES = ("rotation", "scale", "illumination")  # the invariance probes beyond shifts
+GEOMETRIC_FAMILIES = ("rotation", "scale")  # the ones augment=geometric trains on
 CONSISTENCY = "consistency"  # <family>_consistency and <family>_consistency_se, after val/ or test/
 FAMILY_ACC = "/acc_at"  # <family>/acc_at: test accuracy at each point of the family's grid (step = index)
 LANDSCAPE_LOSS_VARIATION = "landscape/loss_variation"

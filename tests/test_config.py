@@ -55,6 +55,13 @@ BAD_VALUES = [
     (["probes.landscape.etas=[]"], "probes.landscape.etas=[] must be a non-empty list"),
     (["experiment=depth_residual"], "To append to your default list use +experiment=depth_residual"),
     (["tracking.uri=./mlruns"], "tracking.uri='./mlruns' is not supported"),
+    (["+optimm=adam"], "optimm is not a config group or key: use one of model, data"),
+    (["model=null"], "model=null: a config group cannot be set to null"),
+    (["data=synthetic", "data.seed=-1"], "data.seed=-1 must be a non-negative integer"),
+    (["data=synthetic", "trainer.batch_size=5000"], "trainer.batch_size=5000 is larger than the 3584 training images"),  # 4096 - 1/8 held out
+    (["data.train_subset=100000"], "data.train_subset=100000 must be at most the 45000 training images"),
+    (["data.val_size=5000", "data.train_subset=45001"], "data.train_subset=45001 must be at most the 45000"),
+    (["recipe=he2016", "trainer=smoke"], "recipe=he2016 sets the training length and batch size itself: drop trainer=smoke"),
 ]
 
 
@@ -69,11 +76,27 @@ def test_each_bad_value_is_one_line_and_exit_status_2(overrides, says, monkeypat
     assert list(tmp_path.iterdir()) == []  # no store, no Hydra output folder, nothing
 
 
-def test_a_bad_value_in_a_sweep_stops_it_before_anything_is_written(runs_dir):
+def test_no_cuda_device_is_one_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["harness", "trainer.device=cuda", f"paths.runs={tmp_path}"])
+    with pytest.raises(SystemExit) as exit_status:
+        main()
+    assert exit_status.value.code == 2 and list(tmp_path.iterdir()) == []
+    assert capsys.readouterr().err.strip() == "error: trainer.device='cuda' but no CUDA device is available: use auto or cpu"
+
+
+def test_an_empty_runs_folder_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["harness", "paths.runs="])
+    with pytest.raises(SystemExit) as exit_status:
+        main()
+    assert exit_status.value.code == 2 and capsys.readouterr().err.strip() == "error: paths.runs='' must be a folder"
+
+
+def test_a_value_of_the_wrong_type_in_a_sweep_stops_it_before_anything_is_written(runs_dir):
     result = run_cli("-m", "model.depth=8,20", "model.batchnorm=true,maybe", "data=synthetic", "trainer=smoke",
                      runs_dir=runs_dir, uri=f"sqlite:///{runs_dir}/mlflow.db")
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: model.batchnorm: Value 'maybe' is not a valid bool (type str)"
+    assert result.stderr.strip().startswith("error: model.batchnorm: Value 'maybe' is not a valid bool (type str): use true")
     assert list(runs_dir.iterdir()) == []
 
 
@@ -110,3 +133,13 @@ def test_a_recipe_is_one_file_and_a_group_named_on_the_command_line_wins():
     fast_adam = compose_config("recipe=fast", "optim=adam", "trainer.epochs=5")
     assert fast_adam.optim._target_ == "torch.optim.Adam" and fast_adam.optim.lr == 1e-3
     assert fast_adam.schedule._target_ == "harness.optim.OneCycle" and fast_adam.trainer.epochs == 5
+
+
+@pytest.mark.parametrize("trainer", ["smoke", "cpu"])
+def test_probes_off_wins_over_a_trainer_preset(trainer):
+    """The smoke and cpu presets pick smaller probes; a probes= choice on the command line wins."""
+    for order in ([f"trainer={trainer}", "probes=off"], ["probes=off", f"trainer={trainer}"]):
+        probes = compose_config(*order).probes
+        assert (probes.shift.images, probes.shift.val_images, probes.grad_every, list(probes.invariance.families)) \
+            == (0, 0, 0, [])
+    assert compose_config(f"trainer={trainer}").probes.shift.val_images == (16 if trainer == "smoke" else 50)

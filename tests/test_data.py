@@ -149,5 +149,5 @@ def test_a_training_subset_is_class_balanced_seeded_and_leaves_val_and_test_alon
     assert torch.equal(part.train_x, synthetic(train_subset=100).train_x)
     assert not torch.equal(part.train_x, synthetic(train_subset=100, split_seed=1).train_x)
     assert torch.equal(part.mean, channel_stats(part.train_x)[0])  # normalised by what it trains on
-    with pytest.raises(DataError, match="train_subset=449"):
+    with pytest.raises(DataError, match="training subset of 449"):
         synthetic(train_subset=449)

@@ -43,6 +43,7 @@ class DataSource:
     class; split_seed fixes which images, independently of the training seed."""
 
     IMAGE_SIZE = None  # the images' side in pixels, where it is known before reading
+    TRAIN_SIZE = None  # the training images before the validation split, where known before reading
 
     def __init__(self, val_size: float = 0, split_seed: int = 0, train_subset: int = 0):
         self.val_size, self.split_seed, self.train_subset = val_size, split_seed, train_subset
@@ -77,11 +78,11 @@ def class_balanced(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     classes get one more when count does not divide), drawn at random within each class."""
     classes, sizes = labels.unique(return_counts=True)
     if not 0 < count <= len(labels):
-        raise DataError(f"data.train_subset={count}: must be between 1 and the {len(labels)} training images")
+        raise DataError(f"a training subset of {count} images: must be between 1 and the {len(labels)} training images")
     share = torch.full((len(classes),), count // len(classes))
     share[: count % len(classes)] += 1
     if (share > sizes).any():
-        raise DataError(f"data.train_subset={count}: a class has only {sizes.min().item()} training images")
+        raise DataError(f"a class-balanced training subset of {count} images: a class has only {sizes.min().item()} training images")
     generator = torch.Generator().manual_seed(seed)
     chosen = [torch.nonzero(labels == c).flatten()[torch.randperm(int(n), generator=generator)[:k]]
               for c, n, k in zip(classes, sizes, share)]

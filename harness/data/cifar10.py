@@ -36,6 +36,7 @@ class Cifar10(DataSource):
     downloaded from url (if download) and checked against md5."""
 
     IMAGE_SIZE = 32
+    TRAIN_SIZE = 50_000
 
     def __init__(self, root: str, url: str, md5: str, download: bool = True, **split):
         super().__init__(**split)

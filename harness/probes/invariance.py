@@ -28,10 +28,7 @@ from harness import contract
 from harness.augment import affine
 
 
-class Family(str, Enum):
-    rotation = "rotation"
-    scale = "scale"
-    illumination = "illumination"
+Family = Enum("Family", {name: name for name in contract.INVARIANCE_FAMILIES}, type=str)
 
 
 def stratified_sample(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
