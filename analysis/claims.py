@@ -23,19 +23,29 @@ def flow(ratio: float) -> str:
     return "neither"
 
 
+OVERFLOW = 1e300  # MLflow stores an infinite metric as +-1.8e308: beyond this it was not finite
+
+
 def gradient_flow(layers: pd.DataFrame) -> pd.DataFrame:
     """Per run: the ratio of the first layer's gradient norm to the last hidden layer's (the
-    first and last conv, from the layer table) at initialisation (step 0) and at the last logged
-    step, and what each ratio says. `layers`: analysis.frames.grad_by_layer's frame."""
+    first and last conv, from the layer table) at initialisation (step 0) and at the last step
+    where every conv's gradient norm was finite, what each ratio says, and the first step with
+    a non-finite norm (NaN if none). `layers`: analysis.frames.grad_by_layer's frame."""
     convs = layers[layers["module"] == "Conv2d"]
     rows = []
     for run_id, run in convs.groupby("run_id", sort=False):
         first, last = run["layer_index"].min(), run["layer_index"].max()
-        norms = run.pivot_table(index="step", columns="layer_index", values="value")
-        end = norms.index.max()
+        norms = run.pivot_table(index="step", columns="layer_index", values="value", dropna=False)
+        finite = (norms.abs() < OVERFLOW).all(axis=1)
+        if not finite.any():
+            continue
+        broken = norms.index[~finite]
+        end = norms.index[finite].max() if broken.empty else norms.index[finite & (norms.index < broken.min())].max()
         ratios = {when: norms.loc[step, first] / norms.loc[step, last] for when, step in (("start", 0), ("end", end))}
         rows.append({"run_id": run_id, "net": run["net"].iloc[0], "normalisation": run["normalisation"].iloc[0],
-                     "depth": run["depth"].iloc[0], "end_step": int(end),
+                     "architecture": run["architecture"].iloc[0], "depth": run["depth"].iloc[0], "end_step": int(end),
+                     "diverged": bool(run["diverged"].iloc[0]),
+                     "nonfinite_step": float(broken.min()) if not broken.empty else math.nan,
                      "first_layer": run.loc[run["layer_index"] == first, "layer"].iloc[0],
                      "last_layer": run.loc[run["layer_index"] == last, "layer"].iloc[0],
                      "ratio_start": ratios["start"], "flow_start": flow(ratios["start"]),
@@ -44,16 +54,22 @@ def gradient_flow(layers: pd.DataFrame) -> pd.DataFrame:
 
 
 def gradient_flow_markdown(table: pd.DataFrame) -> list:
-    """The report's section: the rule, one sentence per run, in run order."""
+    """The report's section: the rule, then one sentence per arm (its runs' median ratios), in
+    depth order; a run that diverged, or whose gradient overflowed, says so."""
     lines = ["## Gradient flow", "",
-             f"Ratio of the first conv layer's gradient norm to the last conv layer's, per run, at "
-             f"initialisation (step 0) and at the last logged step: above {EXPLODING:g} the gradient "
-             f"grows toward the input (exploding), below {VANISHING:g} it shrinks (vanishing), "
-             "otherwise neither.", ""]
-    for row in table.itertuples():
-        lines.append(f"- {row.net} ({row.normalisation}): {row.ratio_start:.3g} at step 0 ({row.flow_start}), "
-                     f"{row.ratio_end:.3g} at step {row.end_step} ({row.flow_end}); "
-                     f"`{row.first_layer}` against `{row.last_layer}`.")
+             f"Ratio of the first conv layer's gradient norm to the last conv layer's, at initialisation "
+             f"(step 0) and at the last step where every gradient norm was finite (the median over an "
+             f"arm's runs): above {EXPLODING:g} the gradient grows toward the input (exploding), below "
+             f"{VANISHING:g} it shrinks (vanishing), otherwise neither. The ratio compares layers within "
+             "a net: a net whose gradients are large everywhere reads neither.", ""]
+    for _, arm in table.groupby(["normalisation", "architecture", "depth"], sort=True):
+        start, end = arm["ratio_start"].median(), arm["ratio_end"].median()
+        troubles = [f"{int(s)}" for s in arm["nonfinite_step"].dropna()]
+        broke = (f"; a gradient norm stopped being finite at step {', '.join(troubles)}" if troubles else "")
+        broke += f"; {arm['diverged'].sum()} of its runs diverged" if arm["diverged"].any() else ""
+        lines.append(f"- {arm['net'].iloc[0]} ({arm['normalisation'].iloc[0]}, {len(arm)} run{'s' if len(arm) > 1 else ''}): "
+                     f"{start:.3g} at step 0 ({flow(start)}), {end:.3g} at step {int(arm['end_step'].median())} "
+                     f"({flow(end)}){broke}; `{arm['first_layer'].iloc[0]}` against `{arm['last_layer'].iloc[0]}`.")
     return lines + [""]
 
 
@@ -223,14 +239,14 @@ def _judge(claim: Claim, runs: pd.DataFrame):
     groups = [arm for arm in arms if isinstance(arm, pd.DataFrame)]
     if any(g.empty for g in groups) or (len(groups) == 2 and set(groups[0]["run_id"]) == set(groups[1]["run_id"])):
         return None  # the runs do not have both arms
-    values = [_values(arm, claim.quantity) for arm in arms]
+    values = [_values(arm, claim) for arm in arms]
     described = {name: _describe(side, arm, value)
                  for name, side, arm, value in zip("ab", (claim.a, claim.b), arms, values)}
     result = {"a": described["a"], "relation": claim.relation, "b": described["b"]}
     involved = pd.concat(groups)
-    lost = involved[~involved["usable"] | involved[claim.quantity].isna()]
+    lost = involved[~_counts(involved, claim) | involved[claim.quantity].isna()]
     if any(len(v) == 0 for v in values):
-        return {**result, "verdict": TOO_FEW, "why": "no finished run in an arm: " + _names(lost)}
+        return {**result, "verdict": TOO_FEW, "why": "no usable run in an arm: " + _names(lost)}
     unconverged = involved[involved["usable"] & (involved["converged"] != True)]  # noqa: E712
     if claim.trained and not unconverged.empty:
         return {**result, "verdict": TOO_SHORT, "why": "not converged: " + ", ".join(
@@ -259,10 +275,16 @@ def _arm(side, runs: pd.DataFrame):
     return chosen
 
 
-def _values(arm, quantity: str) -> pd.Series:
+def _counts(runs: pd.DataFrame, claim: Claim) -> pd.Series:
+    """Which runs a claim may use: finished and not diverged, or, for a quantity measured before
+    training (the gradient at step 0), any run that logged it."""
+    return runs["usable"] if claim.trained else pd.Series(True, index=runs.index)
+
+
+def _values(arm, claim: Claim) -> pd.Series:
     if not isinstance(arm, pd.DataFrame):
         return pd.Series([arm])
-    return arm.loc[arm["usable"], quantity].dropna()
+    return arm.loc[_counts(arm, claim), claim.quantity].dropna()
 
 
 def _describe(side, arm, values: pd.Series) -> str:
@@ -285,10 +307,11 @@ RULE = (f"Each claim compares two arms in one measured quantity: an arm's value 
         f"± the standard deviation across seeds (n runs). **{HOLDS}**: the difference in the claimed "
         f"direction exceeds {SPREADS}x the larger spread (for a claim that one arm is *not above* the "
         f"other: the difference against it is at most {SPREADS}x the spread); **{DOES_NOT_HOLD}**: "
-        f"otherwise; **{TOO_FEW}**: one run per arm, or an arm with no finished run; **{TOO_SHORT}**: "
+        f"otherwise; **{TOO_FEW}**: one run per arm, or an arm with no usable run (finished, not diverged); **{TOO_SHORT}**: "
         f"a compared run has not converged (its training loss changed by {CONVERGED_CHANGE:.0%} or more "
         f"between the last {FINAL_WINDOW:.0%} of its steps and the {FINAL_WINDOW:.0%} before). "
-        "Claims about the initialisation need no convergence.")
+        "Claims about the initialisation need no convergence, and count a run that diverged later: "
+        "its step-0 value was measured before.")
 
 
 def claims_markdown(table: pd.DataFrame) -> list:

@@ -142,12 +142,12 @@ def grad_vs_layer(history, runs, layers):
     grid.set_axis_labels("layer (conv/linear, input = 1 → output)", "gradient L2 norm (log scale)")
     grid.set_titles("{col_name}")
     at_start = data[data["when"] == "initialisation"]
-    deepest = at_start[at_start["depth"] == depths[-1]]
-    ratios = deepest.groupby(["variant", "run_id"]).apply(
+    deepest = at_start[(at_start["depth"] == depths[-1]) & (at_start["module"] == "Conv2d")]
+    ratios = deepest.groupby(["variant", "run_id"]).apply(  # as in the report's Gradient flow section
         lambda run: run.loc[run["position"].idxmin(), "value"] / run.loc[run["position"].idxmax(), "value"],
-        include_groups=False).groupby("variant").mean()
-    finding = "At initialisation, depth " + depths[-1] + ": the first layer's gradient is " + "; ".join(
-        f"{ratio:.2g}x the classifier's in {variant}" for variant, ratio in ratios.items()) + "." if len(ratios) else ""
+        include_groups=False).groupby("variant").median()
+    finding = "At initialisation, depth " + depths[-1] + ": the first conv layer's gradient is " + "; ".join(
+        f"{ratio:.2g}x the last conv layer's in {variant}" for variant, ratio in ratios.items()) + "." if len(ratios) else ""
     return _finish(grid, "Gradient norm per layer: does the gradient reach the first layers?"), finding
 
 

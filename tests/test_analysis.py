@@ -220,7 +220,7 @@ def test_gradient_flow_names_each_ratio_by_the_stated_rule():
 
     def rows(run, norms_by_step):  # two convs and a classifier per step
         return [{"run_id": run, "step": step, "layer_index": i, "layer": name, "module": module, "value": value,
-                 "net": run, "normalisation": "BatchNorm", "depth": 8}
+                 "net": run, "architecture": run, "normalisation": "BatchNorm", "depth": 8, "diverged": False}
                 for step, values in norms_by_step.items()
                 for i, (name, module, value) in enumerate(zip(["stem.conv", "stage3.block1.conv2", "fc"],
                                                               ["Conv2d", "Conv2d", "Linear"], values))]
@@ -231,6 +231,23 @@ def test_gradient_flow_names_each_ratio_by_the_stated_rule():
     assert (table.loc["plain", "flow_start"], table.loc["plain", "flow_end"]) == ("exploding", "vanishing")
     assert table.loc["plain", "end_step"] == 700 and table.loc["plain", "last_layer"] == "stage3.block1.conv2"
     assert (table.loc["residual", "flow_start"], table.loc["residual", "flow_end"]) == ("neither", "neither")
+
+
+def test_gradient_flow_ends_before_a_gradient_overflows():
+    """MLflow stores an infinite gradient norm as 1.8e308: the end is the last finite step."""
+    from analysis.claims import gradient_flow, gradient_flow_markdown
+
+    inf = 1.7976931348623157e308
+    norms = {0: [5.0, 20.0], 1: [90.0, 30.0], 2: [1e3, 40.0], 3: [inf, inf], 4: [inf, inf]}
+    layers = pd.DataFrame([{"run_id": "r", "step": step, "layer_index": i, "layer": f"conv{i}", "module": "Conv2d",
+                            "value": v, "net": "residual-20", "architecture": "residual",
+                            "normalisation": "no BatchNorm", "depth": 20, "diverged": True}
+                           for step, values in norms.items() for i, v in enumerate(values)])
+    row = gradient_flow(layers).iloc[0]
+    assert (row.ratio_start, row.end_step, row.ratio_end, row.flow_end, row.nonfinite_step) == (0.25, 2, 25.0, "exploding", 3)
+    (line,) = [line for line in gradient_flow_markdown(gradient_flow(layers)) if line.startswith("- ")]
+    assert line.startswith("- residual-20 (no BatchNorm, 1 run): 0.25 at step 0 (neither), 25 at step 2 (exploding)")
+    assert "stopped being finite at step 3; 1 of its runs diverged" in line
 
 
 def test_report_says_the_gradient_flow_of_each_run_from_its_metrics(depth_bn_store, tmp_path):

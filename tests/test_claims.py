@@ -102,9 +102,20 @@ def test_failed_and_diverged_runs_are_left_out_and_named():
     verdict, table = depth_study({"p20s0": 0.5, "p56s0": 0.9, "r20s0": 0.4, "r56s0": 0.4},
                                  p56s0={"status": "FAILED"})
     assert verdict[PLAIN_DEGRADES] == TOO_FEW
-    assert table.loc[PLAIN_DEGRADES, "why"] == "no finished run in an arm: p56s0 (failed)"
+    assert table.loc[PLAIN_DEGRADES, "why"] == "no usable run in an arm: p56s0 (failed)"
 
 
 def test_claims_the_runs_cannot_speak_to_are_left_out():
     verdict, _ = depth_study({"r20s0": 0.4, "r20s1": 0.4, "r56s0": 0.4, "r56s1": 0.4})  # no plain nets
     assert list(verdict.index) == [RESIDUAL_DOES_NOT]
+
+
+def test_a_claim_about_the_initialisation_counts_a_run_that_diverged_later():
+    """The step-0 gradient was measured before the run diverged: it still counts."""
+    names = ["p56s0", "p56s1", "r56s0", "r56s1"]
+    runs = pd.DataFrame([run(n, 56, n[0] == "r", int(n[-1]), diverged=n == "r56s1") for n in names])
+    flow = pd.DataFrame({"run_id": names, "ratio_start": [1e3, 2e3, 0.9, 1.1]})
+    table = verdicts(measures(pd.concat([history(n, flat(1.0)) for n in names]), runs, EMPTY_LAYERS, flow),
+                     swept(runs)).set_index("claim")
+    reach = "Residual connections let the gradient reach the first layers"
+    assert table.loc[reach, "verdict"] == HOLDS and "(n=2)" in table.loc[reach, "b"]
