@@ -107,7 +107,7 @@ class Checkpoints:
         """The saved state, with the global random generators already restored; None if there is none."""
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        state = torch.load(self.path, map_location="cpu", weights_only=True)  # tensors and plain types only: no code runs
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -120,5 +120,5 @@ def saved_run_id(folder: Path) -> str | None:
     if not path.is_file():
         return None
     with contextlib.suppress(Exception):
-        return torch.load(path, map_location="cpu", weights_only=False)["run_id"]
+        return torch.load(path, map_location="cpu", weights_only=True)["run_id"]
     return None

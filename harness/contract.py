@@ -19,6 +19,7 @@ OVERRIDES = "overrides"
 OUTCOME = "outcome"  # finished, diverged, failed, killed
 DIVERGED = "diverged"  # "true" or "false"
 ERROR = "error"
+KILLED_BY = "killed_by"  # on a run ended KILLED by someone other than its own process
 NOTE = "mlflow.note.content"  # a run's description, shown at the top of its page in the MLflow UI
 CHOICE = "choice."  # + group: the config file Hydra picked for the group, e.g. choice.optim=momentum
 

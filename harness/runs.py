@@ -138,7 +138,7 @@ def list_stale(uri: str, fix: bool) -> int:
     if fix:
         for run in stale:
             client.set_tag(run.info.run_id, contract.OUTCOME, "killed")
-            client.set_tag(run.info.run_id, "killed_by", "harness.runs stale --fix: its process was gone")
+            client.set_tag(run.info.run_id, contract.KILLED_BY, "harness.runs stale --fix: its process was gone")
             client.set_terminated(run.info.run_id, "KILLED")
     print(f"{len(running)} running, {len(stale)} stale" + (", ended KILLED" if fix and stale else ""))
     return 0
@@ -170,7 +170,7 @@ def sync_job(folder: Path) -> int:
         alive(int(tags["pid"]), tags.get("pid_start")) is False
     if gone:
         client.set_tag(run.info.run_id, contract.OUTCOME, "killed")
-        client.set_tag(run.info.run_id, "killed_by", "harness.runs sync: its process was gone")
+        client.set_tag(run.info.run_id, contract.KILLED_BY, "harness.runs sync: its process was gone")
         client.set_terminated(run.info.run_id, "KILLED")
     print(f"{folder}: sent {sent} kept metric points to run {run.info.run_id}"
           + ("; its process was gone: ended KILLED (python -m harness.runs resume continues it)" if gone else ""))

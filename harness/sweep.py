@@ -26,7 +26,8 @@ from harness import contract
 from harness.checkpoint import REPEAT_WINDOW_S, STOP_SIGNALS
 from harness.files import write_atomically
 from harness.processes import worker_children
-from harness.tracking import STORE_ERRORS, TrackingError, git_state, open_experiment, redact, this_process
+from harness.tracking import (STORE_ERRORS, TrackingError, forget_interruption, git_state, open_experiment, redact,
+                              this_process)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class Sweep:
         info = read_parent(folder)
         client, _ = open_experiment(info["uri"], info["experiment"], timeout)
         client.update_run(info["run_id"], status="RUNNING")
+        # harness.runs stale must see this process, not the one that was interrupted
+        forget_interruption(client, info["run_id"], {**this_process(), contract.OUTCOME: "running"})
         (folder / STOP_FILE).unlink(missing_ok=True)
         return cls(client, info["run_id"], folder, info["sweep_id"])
 
@@ -89,26 +92,29 @@ class Sweep:
             return 0
         self.ended = True
         outcomes = [read_outcome(folder.parent) for folder in sorted(self.folder.glob("*/.hydra"))]
-        failed = sum(o not in DONE for o in outcomes)
+        killed = outcomes.count("killed")
+        failed = sum(o not in DONE for o in outcomes) - killed
         diverged = outcomes.count("diverged")
         stopped = stop_signal(self.folder)
         info = read_parent(self.folder)
         try:
             self._end_orphans(info["experiment_id"])
             self._log_jobs_table(info)  # after the orphans: their outcome is "killed" by now
+            status = "KILLED" if stopped else "FINISHED" if completed and not failed + killed else "FAILED"
             self.client.log_batch(self.run_id, tags=[RunTag("jobs", str(len(outcomes))),
                                                      RunTag("jobs_failed", str(failed)),
-                                                     RunTag("jobs_diverged", str(diverged))])
-            status = "KILLED" if stopped else "FINISHED" if completed and not failed else "FAILED"
+                                                     RunTag("jobs_killed", str(killed)),
+                                                     RunTag("jobs_diverged", str(diverged)),
+                                                     RunTag(contract.OUTCOME, status.lower())])
             self.client.set_terminated(self.run_id, status)
         except STORE_ERRORS as e:
             log.error("could not end the sweep's parent run %s: %s", self.run_id, str(e).splitlines()[0])
-        summary = f"sweep {self.sweep_id}: {len(outcomes)} jobs, {failed} failed, {diverged} diverged"
+        summary = f"sweep {self.sweep_id}: {len(outcomes)} jobs, {failed} failed, {killed} killed, {diverged} diverged"
         if stopped:
             summary += f", stopped by {signal.Signals(stopped).name} (python -m harness.runs resume {self.folder})"
-        (log.warning if failed or not completed else log.info)(summary)
+        (log.warning if failed or killed or not completed else log.info)(summary)
         log.info("browse it: %s", ui_address(info))
-        return failed
+        return failed + killed
 
     def _log_jobs_table(self, info: dict) -> None:
         """The jobs at a glance on the parent run: each job's name, outcome, swept values and
@@ -127,7 +133,7 @@ class Sweep:
             f"tags.`{contract.PARENT}` = '{self.run_id}' and attributes.status = 'RUNNING'")
         for run in children:
             self.client.set_tag(run.info.run_id, contract.OUTCOME, "killed")
-            self.client.set_tag(run.info.run_id, "killed_by", "the sweep's end: its process was gone")
+            self.client.set_tag(run.info.run_id, contract.KILLED_BY, "the sweep's end: its process was gone")
             self.client.set_terminated(run.info.run_id, "KILLED")
 
 

@@ -46,6 +46,7 @@ STORE_ERRORS = (MlflowException, SQLAlchemyError, RequestException, OSError)
 log = logging.getLogger(__name__)
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial MLflow database tables..."
 logging.getLogger("alembic").setLevel(logging.WARNING)
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # not a "Retrying (...)" line per retry
 
 class TrackingError(HarnessError):
     """The MLflow store cannot be reached or used as configured."""
@@ -164,7 +165,14 @@ def _check_server(uri: str) -> None:
 
 
 def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
+    """The error's first line; for a server that did not answer, the cause in a few words, not
+    urllib3's nested report of every retry."""
+    text = str(error)
+    if "Max retries exceeded" in text or isinstance(error, RequestException):
+        cause = re.search(r"\b(Read timed out|Connection refused|Connection reset|Name or service not known|"
+                          r"Connection aborted|RemoteDisconnected)", text)
+        return f"the server did not answer ({cause.group(1) if cause else type(error).__name__})"
+    lines = text.strip().splitlines()
     return redact(lines[0] if lines else type(error).__name__)
 
 
@@ -273,7 +281,7 @@ class JobRun:
         metrics the journal kept are sent first."""
         job_run = cls(client, run_id, job.output_dir)
         client.update_run(run_id, status="RUNNING")
-        job_run.set_tags({**this_process(), contract.OUTCOME: "running"})
+        forget_interruption(client, run_id, {**this_process(), contract.OUTCOME: "running"})
         job_run.metrics.send_kept()
         return job_run
 
@@ -334,6 +342,20 @@ class JobRun:
         self.set_tags({contract.OUTCOME: outcome, contract.DIVERGED: str(outcome == "diverged").lower(),
                        **({contract.NOTE: f"{outcome}: " + ", ".join(headline)} if headline else {})})
         self.client.set_terminated(self.run_id, "FINISHED")
+
+
+INTERRUPTION_TAGS = (contract.ERROR, contract.KILLED_BY)  # what an interrupted attempt left on its run
+
+
+def forget_interruption(client, run_id: str, tags: dict) -> None:
+    """A run that continues (a resumed job or sweep): drop what its interrupted attempt said
+    (error, killed_by), so that a run that then finishes does not read as failed; set `tags`
+    (this process: host, pid)."""
+    present = client.get_run(run_id).data.tags
+    for tag in INTERRUPTION_TAGS:
+        if tag in present:
+            client.delete_tag(run_id, tag)
+    client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
 
 
 SLURM_TAGS = {"slurm_job_id": "SLURM_JOB_ID", "slurm_array_job_id": "SLURM_ARRAY_JOB_ID",

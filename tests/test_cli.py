@@ -138,7 +138,7 @@ def test_failed_and_diverged_jobs_do_not_stop_the_sweep(runs_dir):
     result = run_cli("-m", "model.depth=8,21", "optim.lr=0.05,1e12", "optim=sgd", "model.batchnorm=false",
                      *SMOKE, runs_dir=runs_dir)
     assert result.returncode == 1  # failures are reported by the exit status
-    assert "4 jobs, 2 failed, 1 diverged" in result.stdout + result.stderr
+    assert "4 jobs, 2 failed, 0 killed, 1 diverged" in result.stdout + result.stderr
 
     _, runs = all_runs(uri)
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)

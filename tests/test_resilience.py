@@ -80,7 +80,7 @@ def uninterrupted(tmp_path_factory):
     return uri, client, run
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL], ids=["SIGKILL"])  # SIGTERM mid-epoch: tests/test_cluster.py
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_job_stopped_in_epoch_2_resumes_bit_identical(uninterrupted, runs_dir, signum):
     """SIGKILL: the job resumes from the checkpoint of epoch 1. SIGTERM: it checkpoints where it
     stops, mid-epoch, and resumes there. Either way the same weights and metric points as a
@@ -106,6 +106,9 @@ def test_a_job_stopped_in_epoch_2_resumes_bit_identical(uninterrupted, runs_dir,
 
     client, (run,), (parent,) = job_runs(uri)
     assert run.info.status == "FINISHED" and parent.info.status == "FINISHED"
+    # what the interrupted attempt said is gone: a finished run does not read as failed or killed
+    assert not {"error", "killed_by"} & (set(run.data.tags) | set(parent.data.tags))
+    assert run.data.tags["outcome"] == "finished" and parent.data.tags["outcome"] == "finished"
     mine, theirs = weights(uri, run), weights(ref_uri, reference)
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert histories(client, run) == histories(ref_client, reference)
@@ -115,15 +118,16 @@ def test_a_job_stopped_in_epoch_2_resumes_bit_identical(uninterrupted, runs_dir,
 # ---------------------------------------------------------------- signals
 
 
-def test_ctrl_c_on_a_single_run_checkpoints_and_ends_it_killed(runs_dir):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stopped_single_run_checkpoints_and_ends_killed(runs_dir, signum):
     process = launch(*LONG, "model.depth=8", runs_dir=runs_dir)
     uri = f"sqlite:///{runs_dir}/mlflow.db"
     wait_for(training(runs_dir, 1), what="training")
     time.sleep(1)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     output = process.communicate(timeout=60)[0]
-    assert process.returncode == 130, output
-    assert "stopped by SIGINT at a step boundary: checkpoint saved" in output
+    assert process.returncode == 128 + signum, output
+    assert f"stopped by {signal.Signals(signum).name} at a step boundary: checkpoint saved" in output
     _, (run,), _ = job_runs(uri)
     assert run.info.status == "KILLED" and run.data.tags["outcome"] == "killed"
     assert list(runs_dir.glob("hydra/*/*/checkpoint.pt"))
@@ -201,14 +205,14 @@ def test_a_dead_tracking_server_costs_a_job_its_timeout_and_sync_sends_what_it_k
         client = MlflowClient(url)
         wait_for(lambda: any(r.data.metrics for r in client.search_runs(["1"])), what="the first epoch's metrics")
         stop_process_group(server, signal.SIGKILL)
+        killed = time.monotonic()
         output = process.communicate(timeout=300)[0]
         assert process.returncode == 1, output
-        # from the first failed request to giving up: within tracking.timeout (log times are whole seconds)
-        times = [line[1:9] for line in output.splitlines() if "Retrying" in line or "error:" in line]
-        first, last = (time.mktime(time.strptime(f"2000 {t}", "%Y %H:%M:%S")) for t in (times[0], times[-1]))
-        assert last - first <= 8 + 1, output
+        # the job notices at its next flush (an epoch's end: a few seconds), then gives up within tracking.timeout
+        assert time.monotonic() - killed < 8 + 30, output
         errors = [line for line in output.splitlines() if "error:" in line]
         assert len(errors) == 1 and "the MLflow store did not take" in errors[0] and "harness.runs sync" in errors[0]
+        assert "the server did not answer" in errors[0] and len(errors[0]) < 400 and "Retrying" not in output
         job = next(runs_dir.glob("hydra/*/*"))
         kept = [json.loads(line) for line in (job / "metrics_unsent.jsonl").read_text().splitlines()]
         assert kept and (job / "checkpoint.pt").is_file()
