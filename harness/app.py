@@ -44,7 +44,7 @@ from harness.models import count_parameters
 from harness.optim import build_optimizer, build_scheduler
 from harness.probes import Probes
 from harness.processes import die_with_parent
-from harness.sweep import JOBS_FILE, expand_sweep, read_parent, stop_signal, write_outcome
+from harness.sweep import DONE, JOBS_FILE, expand_sweep, read_outcome, read_parent, stop_signal, write_outcome
 from harness.tracking import STORE_ERRORS, JobRun, TrackingError, device_name, job_name, open_experiment
 from harness.train import Setup, train
 
@@ -198,6 +198,9 @@ def _run_job(cfg, job: JobInfo) -> str:
     if job.sweep_dir is not None and stop_signal(job.sweep_dir):
         log.warning("not started: the sweep was told to stop")
         return "killed"
+    if read_outcome(job.output_dir) in DONE:  # SLURM reran a job that had already finished (a late requeue)
+        log.warning("not run again: this job already %s", read_outcome(job.output_dir))
+        return read_outcome(job.output_dir)
     if in_joblib_worker():
         die_with_parent()  # if the sweep's process dies, stop as if sent SIGTERM
     run = None
@@ -276,7 +279,10 @@ def _record_failure(error: BaseException, run: JobRun | None, job: JobInfo, stop
     if isinstance(error, Interrupted) and (job.sweep_dir is None or in_submitit_job()):
         write_outcome(job.output_dir, "killed")
         if error.signum == signal.SIGUSR2:
-            stop.pass_on(error.signum)  # submitit's: it requeues the job and exits
+            try:
+                stop.pass_on(error.signum)  # submitit's: it requeues the job and exits
+            except Exception as e:  # out of requeues (max_num_timeout): the launcher records it killed
+                log.warning("not requeued: %s", str(e).strip().splitlines()[0][:200])
         stopped = SystemExit(128 + error.signum)
         stopped.outcome = "killed"
         raise stopped

@@ -10,7 +10,7 @@ and job numbers, into their own folders: each continues from its last checkpoint
 own MLflow run (or starts again if it had none), under the same parent run.
 
 stale: lists the RUNNING runs whose process is gone (from their host and pid tags, or for a job
-on a SLURM node from squeue; a run elsewhere is "unknown"); with --fix ends them KILLED, with a
+on a SLURM node from its state in squeue; a run elsewhere is "unknown"); with --fix ends them KILLED, with a
 tag saying so.
 
 sync: sends the metrics a job kept in its folder while the store did not answer, and ends the
@@ -128,8 +128,7 @@ def list_stale(uri: str, fix: bool) -> int:
         if tags.get("host") == here and tags.get("pid"):
             state = {True: "running", False: "stale", None: "unknown"}[alive(int(tags["pid"]), tags.get("pid_start"))]
         elif tags.get("slurm_job_id") and shutil.which("squeue"):  # a job on a cluster node: ask SLURM
-            queued = subprocess.run(["squeue", "-h", "-j", tags["slurm_job_id"]], capture_output=True, text=True)
-            state = "running" if queued.stdout.strip() else "stale"
+            state = slurm_state(tags["slurm_job_id"])
         else:
             state = f"unknown (process on {tags.get('host', 'an unknown host')})"
         print(f"{run.info.run_id}  {state:40s}  {run.info.run_name}")
@@ -143,6 +142,22 @@ def list_stale(uri: str, fix: bool) -> int:
     print(f"{len(running)} running, {len(stale)} stale" + (", ended KILLED" if fix and stale else ""))
     return 0
 
+
+
+SLURM_ALIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
+               "CONFIGURING", "COMPLETING", "STOPPED", "SIGNALING", "STAGE_OUT"}
+
+
+def slurm_state(job_id: str) -> str:
+    """running (SLURM has the job in a live state), stale (it ended, or SLURM no longer knows
+    it), or unknown (squeue did not answer: a run is never ended on that)."""
+    try:
+        queued = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "unknown (squeue did not answer)"
+    if queued.returncode != 0 and "Invalid job id" not in queued.stderr:
+        return f"unknown (squeue: {queued.stderr.strip()[:80]})"
+    return "running" if set(queued.stdout.split()) & SLURM_ALIVE else "stale"
 
 def _client(uri: str):
     """A client of an existing store (stale creates nothing)."""

@@ -23,6 +23,7 @@ from hydra.experimental.callback import Callback
 from mlflow.entities import RunTag
 
 from harness import contract
+from harness.launchers import record_jobs_without_result_as_killed, uses_submitit
 from harness.checkpoint import REPEAT_WINDOW_S, STOP_SIGNALS
 from harness.files import write_atomically
 from harness.processes import worker_children
@@ -109,9 +110,14 @@ class Sweep:
             self.client.set_terminated(self.run_id, status)
         except STORE_ERRORS as e:
             log.error("could not end the sweep's parent run %s: %s", self.run_id, str(e).splitlines()[0])
+        planned = len(json.loads((self.folder / JOBS_FILE).read_text())) if (self.folder / JOBS_FILE).is_file() else 0
         summary = f"sweep {self.sweep_id}: {len(outcomes)} jobs, {failed} failed, {killed} killed, {diverged} diverged"
+        if planned > len(outcomes):
+            summary += f", {planned - len(outcomes)} not started"
         if stopped:
-            summary += f", stopped by {signal.Signals(stopped).name} (python -m harness.runs resume {self.folder})"
+            summary += f", stopped by {signal.Signals(stopped).name}"
+        if stopped or killed:
+            summary += f" (python -m harness.runs resume {self.folder})"
         (log.warning if failed or killed or not completed else log.info)(summary)
         log.info("browse it: %s", ui_address(info))
         return failed + killed
@@ -215,6 +221,8 @@ class SweepCallback(Callback):
             raise SystemExit(2) from None
         atexit.register(self.sweep.end, completed=False)
         stop_sweep_on_signals(self.sweep.folder)
+        if uses_submitit(config):
+            record_jobs_without_result_as_killed()
 
     def on_multirun_end(self, config, **kwargs):
         if self.sweep is None:

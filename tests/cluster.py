@@ -131,7 +131,7 @@ class Postgres:
         self.as_postgres(self.bin / "pg_ctl", "-D", data, "-l", self.folder / "server.log", "-w", "start",
                          "-o", f"-p {self.port} -h 127.0.0.1 -k {self.folder}")
         self.as_postgres(self.bin / "createdb", "-h", "127.0.0.1", "-p", self.port, "-U", "postgres", "mlflow")
-        self.uri = f"postgresql://postgres@127.0.0.1:{self.port}/mlflow"
+        self.uri = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/mlflow"
 
     def as_postgres(self, *command) -> None:
         subprocess.run(["runuser", "-u", "postgres", "--", *map(str, command)], check=True, capture_output=True,

@@ -192,6 +192,40 @@ def test_a_stopped_joblib_sweep_ends_every_run_and_leaves_no_worker(runs_dir, ho
         assert parent.info.status == "KILLED"
 
 
+def test_a_submitit_job_stopped_without_a_result_is_killed_and_the_sweep_goes_on(runs_dir):
+    """hydra-submitit-launcher would stop the sweep at a job that wrote no result (scancel, a
+    dead node); here it is recorded as killed and the other jobs finish."""
+    process = launch("-m", "data=synthetic", "trainer=smoke", "trainer.steps=100000,12", "model.depth=8",
+                     "hydra/launcher=submitit_local", runs_dir=runs_dir)
+    wait_for(training(runs_dir, 1), what="a job training")
+    time.sleep(2)
+    uri = f"sqlite:///{runs_dir}/mlflow.db"
+    _, jobs, _ = job_runs(uri)
+    (long_job,) = [r for r in jobs if r.data.tags["job_num"] == "0"]
+    os.kill(int(long_job.data.tags["pid"]), signal.SIGTERM)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 1, output
+    assert "2 jobs, 0 failed, 1 killed, 0 diverged (python -m harness.runs resume" in output
+    _, jobs, (parent,) = job_runs(uri)
+    by_num = {r.data.tags["job_num"]: r for r in jobs}
+    assert (by_num["0"].info.status, by_num["0"].data.tags["outcome"]) == ("KILLED", "killed")
+    assert by_num["1"].info.status == "FINISHED" and parent.info.status == "FAILED"
+    assert len(list(runs_dir.glob("multirun/*/*/0/checkpoint.pt"))) == 1
+
+
+def test_a_finished_job_run_again_in_its_folder_is_not_trained_again(runs_dir):
+    """SLURM can rerun a job that finished as a requeue arrived: the rerun must not retrain it
+    into the same run (its checkpoint is gone, so it would start over and repeat every point)."""
+    assert run_cli("-m", "data=synthetic", "trainer=smoke", "model.depth=8", runs_dir=runs_dir).returncode == 0
+    folder = next(runs_dir.glob("multirun/*/*/0"))
+    client, (run,), _ = job_runs(local_store(runs_dir))
+    before = client.get_metric_history(run.info.run_id, "train/loss")
+    again = run_cli("data=synthetic", "trainer=smoke", "model.depth=8", f"hydra.run.dir={folder}", runs_dir=runs_dir)
+    assert again.returncode == 0 and "not run again: this job already finished" in again.stderr
+    client, (run,), _ = job_runs(local_store(runs_dir))
+    assert run.info.status == "FINISHED" and client.get_metric_history(run.info.run_id, "train/loss") == before
+
+
 # ---------------------------------------------------------------- a tracking server that dies
 
 
