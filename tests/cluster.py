@@ -5,6 +5,7 @@ Where the binaries are missing the tests skip with one line, unless HARNESS_REQU
 (.ci/run sets it after installing them): then they fail, so CI never skips them silently.
 """
 
+import contextlib
 import getpass
 import glob
 import os
@@ -49,6 +50,7 @@ def wait_until(condition, timeout: float, what: str) -> None:
 
 
 def stop_pids(pidfiles: list) -> None:
+    """SIGTERM each daemon, and SIGKILL one still there after 10 s."""
     for pidfile in pidfiles:
         try:
             pid = int(Path(pidfile).read_text())
@@ -59,6 +61,9 @@ def stop_pids(pidfiles: list) -> None:
             if not Path(f"/proc/{pid}").exists():
                 break
             time.sleep(0.25)
+        else:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 class Slurm:
@@ -73,10 +78,13 @@ class Slurm:
         self.socket = self.folder / "munge" / "munge.socket"
         self.conf = self.folder / "slurm.conf"
         host = socket.gethostname()
+        ports = (free_port(), free_port())
+        while ports[0] == ports[1]:
+            ports = (ports[0], free_port())
         memory_mb = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1]) // 1024
         f = self.folder
         self.conf.write_text("\n".join([
-            "ClusterName=harness", f"SlurmctldHost={host}", f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
+            "ClusterName=harness", f"SlurmctldHost={host}", f"SlurmctldPort={ports[0]}", f"SlurmdPort={ports[1]}",
             "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=cred_expire=10,socket={self.socket}",
             "SlurmUser=root", "SlurmdUser=root", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
             "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
@@ -91,12 +99,16 @@ class Slurm:
             f"NodeName={host} CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN",
             "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
-        subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged", f"--socket={self.socket}",
-                        f"--pid-file={self.folder}/munge/munged.pid", f"--seed-file={self.folder}/munge/seed",
-                        f"--log-file={self.folder}/munge/munged.log"], check=True)
-        for daemon in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd"):
-            subprocess.run([daemon, "-f", str(self.conf)], env=self.env, check=True)
-        wait_until(lambda: "idle" in self.run("sinfo", "-h", "-o", "%T").stdout, 60, "the SLURM node")
+        try:
+            subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged", f"--socket={self.socket}",
+                            f"--pid-file={self.folder}/munge/munged.pid", f"--seed-file={self.folder}/munge/seed",
+                            f"--log-file={self.folder}/munge/munged.log"], check=True)
+            for daemon in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd"):
+                subprocess.run([daemon, "-f", str(self.conf)], env=self.env, check=True)
+            wait_until(lambda: "idle" in self.run("sinfo", "-h", "-o", "%T").stdout, 60, "the SLURM node")
+        except BaseException:
+            self._stop_daemons()  # whatever did start
+            raise
 
     def run(self, *command) -> subprocess.CompletedProcess:
         return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=60)
@@ -112,8 +124,11 @@ class Slurm:
         try:
             wait_until(lambda: not self.jobs(), 60, "the jobs to end")
         finally:
-            stop_pids([self.folder / "slurmd.pid", self.folder / "slurmctld.pid", self.folder / "munge/munged.pid"])
-            shutil.rmtree(self.folder, ignore_errors=True)
+            self._stop_daemons()
+
+    def _stop_daemons(self) -> None:
+        stop_pids([self.folder / "slurmd.pid", self.folder / "slurmctld.pid", self.folder / "munge/munged.pid"])
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class Postgres:
@@ -130,7 +145,11 @@ class Postgres:
         self.as_postgres(self.bin / "initdb", "-D", data, "-U", "postgres", "--auth=trust")
         self.as_postgres(self.bin / "pg_ctl", "-D", data, "-l", self.folder / "server.log", "-w", "start",
                          "-o", f"-p {self.port} -h 127.0.0.1 -k {self.folder}")
-        self.as_postgres(self.bin / "createdb", "-h", "127.0.0.1", "-p", self.port, "-U", "postgres", "mlflow")
+        try:
+            self.as_postgres(self.bin / "createdb", "-h", "127.0.0.1", "-p", self.port, "-U", "postgres", "mlflow")
+        except BaseException:
+            self.stop()
+            raise
         self.uri = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/mlflow"
 
     def as_postgres(self, *command) -> None:

@@ -148,4 +148,8 @@ def stop_process_group(process, signum=signal.SIGTERM) -> None:
         os.killpg(process.pid, signum)
     except ProcessLookupError:
         return
-    process.wait(timeout=30)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)

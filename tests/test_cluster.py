@@ -32,11 +32,15 @@ def slurm():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     database = Postgres()
-    folder = tmp_path_factory.mktemp("server")
-    process, url = start_mlflow_server(folder, backend=database.uri, workers=2)
-    yield url
-    stop_process_group(process)
-    database.stop()
+    try:
+        folder = tmp_path_factory.mktemp("server")
+        process, url = start_mlflow_server(folder, backend=database.uri, workers=2)
+        try:
+            yield url
+        finally:
+            stop_process_group(process)
+    finally:
+        database.stop()
 
 
 def sweep(slurm, *args, runs_dir, uri):
