@@ -167,3 +167,20 @@ def test_experiments_open_in_the_model_training_view_even_if_made_before(tmp_pat
     client.set_experiment_tag(old, "mlflow.experimentKind", "genai_development")  # a user's own choice stays
     open_experiment(uri, "made-before")
     assert client.get_experiment(old).tags["mlflow.experimentKind"] == "genai_development"
+
+
+def test_the_store_benchmark_reports_the_points_the_store_holds(tmp_path):
+    """harness.bench_store's rate, times its seconds, is what an independent count of the
+    store's metric rows finds."""
+    import sqlite3
+
+    db = tmp_path / "bench.db"
+    result = subprocess.run([sys.executable, "-m", "harness.bench_store", "--uri", f"sqlite:///{db}", "--writers", "2",
+                             "--seconds", "1", "--batch", "200"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    writers, rate = result.stdout.strip().splitlines()[-1].split()[:2]
+    with sqlite3.connect(db) as connection:
+        (stored,) = connection.execute("select count(*) from metrics").fetchone()
+        (runs,) = connection.execute("select count(*) from runs where status = 'FINISHED'").fetchone()
+    assert (writers, runs) == ("2", 2) and stored == int(rate.replace(",", "")) and stored % 200 == 0
