@@ -519,11 +519,16 @@ def one_line(error: Exception) -> str:
 
 
 def _key_hint(cause) -> str:
-    object_type = getattr(cause, "object_type", None)
-    if "not in" in str(cause) and object_type is not None and hasattr(object_type, "__dataclass_fields__"):
-        keys = [f.name for f in fields(object_type) if not f.name.startswith("_")]
-        return f" (allowed keys: {', '.join(keys)})"
-    return ""
+    if "not in" not in str(cause):
+        return ""
+    object_type, parent = getattr(cause, "object_type", None), getattr(cause, "parent_node", None)
+    if object_type is not None and hasattr(object_type, "__dataclass_fields__"):
+        keys = [f.name for f in fields(object_type)]
+    elif OmegaConf.is_dict(parent):  # a config file without a schema: the keys it has
+        keys = [str(k) for k in parent.keys()]
+    else:
+        return ""
+    return f" (allowed keys: {', '.join(k for k in keys if not k.startswith('_'))})"
 
 
 COMPOSITION_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException,

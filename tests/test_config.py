@@ -143,3 +143,15 @@ def test_probes_off_wins_over_a_trainer_preset(trainer):
         assert (probes.shift.images, probes.shift.val_images, probes.grad_every, list(probes.invariance.families)) \
             == (0, 0, 0, [])
     assert compose_config(f"trainer={trainer}").probes.shift.val_images == (16 if trainer == "smoke" else 50)
+
+
+def test_a_typo_in_a_config_file_without_a_schema_lists_the_keys_it_has(monkeypatch, capsys, tmp_path):
+    (tmp_path / "conf" / "optim").mkdir(parents=True)
+    (tmp_path / "conf" / "optim" / "adagrad.yaml").write_text(
+        "_target_: torch.optim.Adagrad\n_partial_: true\nlr: 0.05\nweight_decay: 1e-4\n")
+    monkeypatch.setattr(sys, "argv", ["harness", f"hydra.searchpath=[file://{tmp_path}/conf]", "optim=adagrad",
+                                      "optim.lrr=1", f"paths.runs={tmp_path}/runs"])
+    with pytest.raises(SystemExit) as exit_status:
+        main()
+    assert exit_status.value.code == 2 and not (tmp_path / "runs").exists()
+    assert capsys.readouterr().err.strip() == "error: optim.lrr: Key 'lrr' is not in struct (allowed keys: lr, weight_decay)"
