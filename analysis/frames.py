@@ -16,16 +16,34 @@ def axis_column(axis: str) -> str:
     return f"param.{key}" if source == "param" else f"tag.{contract.choice_tag(key)}"
 
 
+PARAM_AXES = {key for source, key in AXES.values() if source == "param"}
+
+
 def labelled_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs frame with short axis columns and display labels. An optimiser or augmentation
-    is named by the config file that chose it (optim=momentum, augment=crop_flip)."""
+    is named by the config file that chose it (optim=momentum, augment=crop_flip); where runs
+    of one choice were trained with different values of its group's keys (augment.flip=false
+    on the command line), those values join the label, so one label is one setting."""
     frame = runs.copy()
     for axis in AXES:
         frame[axis] = frame.get(axis_column(axis))
+        source, group = AXES[axis]
+        if source == "choice" and frame[axis].notna().any():
+            frame[axis] = _with_differing_settings(frame, frame[axis], group)
     frame["architecture"] = np.where(frame["residual"] == True, "residual", "plain")  # noqa: E712
     frame["normalisation"] = np.where(frame["batchnorm"] == True, "BatchNorm", "no BatchNorm")  # noqa: E712
     frame["net"] = frame["architecture"] + "-" + frame["depth"].astype(str)
     return frame
+
+
+def _with_differing_settings(frame: pd.DataFrame, choices: pd.Series, group: str) -> pd.Series:
+    keys = [c for c in frame if c.startswith(f"param.{group}.") and c[len("param."):] not in PARAM_AXES]
+    labels = choices.copy()
+    for choice, runs in frame.groupby(choices, dropna=True):
+        differing = [k for k in keys if runs[k].astype(str).nunique() > 1]
+        for index, run in runs.iterrows():
+            labels[index] = " ".join([choice, *(f"{k[len('param.'):]}={run[k]}" for k in differing)])
+    return labels
 
 
 def swept(runs: pd.DataFrame) -> list:

@@ -279,3 +279,16 @@ def test_a_sweep_whose_jobs_all_failed_says_so_not_probes_off(tmp_path):
     assert "training_curves: no run of the selection finished (2 failed)" in index
     assert "probes off" not in index
     assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # a report folder others may read
+
+
+def test_runs_of_one_config_choice_trained_differently_are_labelled_apart():
+    """augment=crop_flip with augment.flip=false is not crop_flip: the label says what differed;
+    a value every run shares (augment.pad) and an axis of its own (weight decay) stay out."""
+    runs = pd.DataFrame({"run_id": ["a", "b", "c"], "tag.choice.augment": ["crop_flip", "crop_flip", "none"],
+                         "tag.choice.optim": ["momentum"] * 3, "param.augment.flip": [False, True, False],
+                         "param.augment.pad": [2, 2, 2], "param.optim.weight_decay": [1e-4, 5e-4, 1e-4],
+                         "param.model.residual": [True] * 3, "param.model.batchnorm": [True] * 3,
+                         "param.model.depth": [8] * 3})
+    labelled = frames.labelled_runs(runs)
+    assert list(labelled["augment"]) == ["crop_flip augment.flip=False", "crop_flip augment.flip=True", "none"]
+    assert list(labelled["optimizer"]) == ["momentum"] * 3
