@@ -150,6 +150,7 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
                f"metric.{contract.VAL_LOSS}": "val loss", f"metric.{contract.VAL_ACC}": "val acc",
                f"metric.{contract.TEST_LOSS}": "test loss", f"metric.{contract.TEST_ACC}": "test acc",
                f"metric.test/{contract.SHIFT_CONSISTENCY}": "shift consistency",
+               f"metric.test/{contract.SHIFT_CONSISTENCY_SE}": "shift consistency SE",
                f"metric.test/{contract.SHIFT_INSTABILITY}": "1-px instability"}
     table = pd.DataFrame({label: frame[c] if c in frame else np.nan for c, label in columns.items()})
     return table.assign(run_id=frame["run_id"])
