@@ -67,7 +67,8 @@ def gradient_flow_markdown(table: pd.DataFrame) -> list:
         troubles = [f"{int(s)}" for s in arm["nonfinite_step"].dropna()]
         broke = (f"; a gradient norm stopped being finite at step {', '.join(troubles)}" if troubles else "")
         broke += f"; {arm['diverged'].sum()} of its runs diverged" if arm["diverged"].any() else ""
-        lines.append(f"- {arm['net'].iloc[0]} ({arm['normalisation'].iloc[0]}, {len(arm)} run{'s' if len(arm) > 1 else ''}): "
+        runs = f"{len(arm)} run{'s' if len(arm) > 1 else ''}"
+        lines.append(f"- {arm['net'].iloc[0]} ({arm['normalisation'].iloc[0]}, {runs}): "
                      f"{start:.3g} at step 0 ({flow(start)}), {end:.3g} at step {int(arm['end_step'].median())} "
                      f"({flow(end)}){broke}; `{arm['first_layer'].iloc[0]}` against `{arm['last_layer'].iloc[0]}`.")
     return lines + [""]
@@ -307,9 +308,9 @@ RULE = (f"Each claim compares two arms in one measured quantity: an arm's value 
         f"± the standard deviation across seeds (n runs). **{HOLDS}**: the difference in the claimed "
         f"direction exceeds {SPREADS}x the larger spread (for a claim that one arm is *not above* the "
         f"other: the difference against it is at most {SPREADS}x the spread); **{DOES_NOT_HOLD}**: "
-        f"otherwise; **{TOO_FEW}**: one run per arm, or an arm with no usable run (finished, not diverged); **{TOO_SHORT}**: "
-        f"a compared run has not converged (its training loss changed by {CONVERGED_CHANGE:.0%} or more "
-        f"between the last {FINAL_WINDOW:.0%} of its steps and the {FINAL_WINDOW:.0%} before). "
+        f"otherwise; **{TOO_FEW}**: one run per arm, or an arm with no usable run (finished, not "
+        f"diverged); **{TOO_SHORT}**: a compared run has not converged (its training loss changed by "
+        f"{CONVERGED_CHANGE:.0%} or more between the last {FINAL_WINDOW:.0%} of its steps and the {FINAL_WINDOW:.0%} before). "
         "Claims about the initialisation need no convergence, and count a run that diverged later: "
         "its step-0 value was measured before.")
 

@@ -37,6 +37,8 @@ def labelled_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _with_differing_settings(frame: pd.DataFrame, choices: pd.Series, group: str) -> pd.Series:
+    """Each run's choice, followed by `key=value` for each key of the group (not an axis of its
+    own) whose value differs among the runs of that choice."""
     keys = [c for c in frame if c.startswith(f"param.{group}.") and c[len("param."):] not in PARAM_AXES]
     labels = choices.copy()
     for choice, runs in frame.groupby(choices, dropna=True):

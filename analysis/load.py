@@ -53,7 +53,8 @@ def select_runs(client, sweep=None, experiment=None, filter_string=None) -> Sele
             raise SelectionError(f"no finished runs match experiment={experiment!r} filter={filter_string!r}")
         return Selection(experiment or "filtered", None, jobs)
 
-    sweeps = _search(client, ids, f"tags.{contract.KIND} = '{contract.KIND_SWEEP}'", order_by=["attributes.start_time DESC"])
+    sweeps = _search(client, ids, f"tags.{contract.KIND} = '{contract.KIND_SWEEP}'",
+                     order_by=["attributes.start_time DESC"])
     if not sweeps:
         raise SelectionError("the MLflow store has no sweeps (python -m harness -m ... makes one)")
     if sweep is None:

@@ -10,7 +10,6 @@ is reproducible.
 import torch
 
 
-
 class Normalise:
     """uint8 images to float, minus the training mean, over the training std, per channel."""
 

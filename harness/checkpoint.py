@@ -107,7 +107,7 @@ class Checkpoints:
         """The saved state, with the global random generators already restored; None if there is none."""
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)  # tensors and plain types only: no code runs
+        state = torch.load(self.path, map_location="cpu", weights_only=True)  # tensors and plain values: no code runs
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -12,7 +12,6 @@ from enum import Enum
 import torch
 
 
-
 class Precision(str, Enum):
     auto = "auto"  # bf16 where the device has fast bf16, else fp32
     fp32 = "fp32"

@@ -36,8 +36,8 @@ def record_jobs_without_result_as_killed() -> None:
     def results_or_killed(job):
         try:
             return results(job)
-        except UncompletedJobError as e:
-            log.warning("job %s ended without a result (%s): recorded as killed", job.job_id, type(e).__name__)
+        except UncompletedJobError:
+            log.warning("job %s ended without a result: recorded as killed", job.job_id)
             return [JobReturn(status=JobStatus.COMPLETED, _return_value="killed")]
 
     results_or_killed.harness = True

@@ -10,8 +10,8 @@ and job numbers, into their own folders: each continues from its last checkpoint
 own MLflow run (or starts again if it had none), under the same parent run.
 
 stale: lists the RUNNING runs whose process is gone (from their host and pid tags, or for a job
-on a SLURM node from its state in squeue; a run elsewhere is "unknown"); with --fix ends them KILLED, with a
-tag saying so.
+on a SLURM node from its state in squeue; a run elsewhere is "unknown"); with --fix ends them
+KILLED, with a tag saying so.
 
 sync: sends the metrics a job kept in its folder while the store did not answer, and ends the
 job's run KILLED if its process is gone (resume continues it).
@@ -143,7 +143,6 @@ def list_stale(uri: str, fix: bool) -> int:
     return 0
 
 
-
 SLURM_ALIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
                "CONFIGURING", "COMPLETING", "STOPPED", "SIGNALING", "STAGE_OUT"}
 
@@ -158,6 +157,7 @@ def slurm_state(job_id: str) -> str:
     if queued.returncode != 0 and "Invalid job id" not in queued.stderr:
         return f"unknown (squeue: {queued.stderr.strip()[:80]})"
     return "running" if set(queued.stdout.split()) & SLURM_ALIVE else "stale"
+
 
 def _client(uri: str):
     """A client of an existing store (stale creates nothing)."""

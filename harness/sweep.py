@@ -23,9 +23,9 @@ from hydra.experimental.callback import Callback
 from mlflow.entities import RunTag
 
 from harness import contract
-from harness.launchers import record_jobs_without_result_as_killed, uses_submitit
 from harness.checkpoint import REPEAT_WINDOW_S, STOP_SIGNALS
 from harness.files import write_atomically
+from harness.launchers import record_jobs_without_result_as_killed, uses_submitit
 from harness.processes import worker_children
 from harness.tracking import (STORE_ERRORS, TrackingError, forget_interruption, git_state, open_experiment, redact,
                               this_process)
@@ -101,7 +101,7 @@ class Sweep:
         try:
             self._end_orphans(info["experiment_id"])
             self._log_jobs_table(info)  # after the orphans: their outcome is "killed" by now
-            status = "KILLED" if stopped else "FINISHED" if completed and not failed + killed else "FAILED"
+            status = "KILLED" if stopped else "FINISHED" if completed and not (failed or killed) else "FAILED"
             self.client.log_batch(self.run_id, tags=[RunTag("jobs", str(len(outcomes))),
                                                      RunTag("jobs_failed", str(failed)),
                                                      RunTag("jobs_killed", str(killed)),

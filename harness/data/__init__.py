@@ -82,7 +82,8 @@ def class_balanced(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     share = torch.full((len(classes),), count // len(classes))
     share[: count % len(classes)] += 1
     if (share > sizes).any():
-        raise DataError(f"a class-balanced training subset of {count} images: a class has only {sizes.min().item()} training images")
+        raise DataError(f"a class-balanced training subset of {count} images: a class has only "
+                        f"{sizes.min().item()} training images")
     generator = torch.Generator().manual_seed(seed)
     chosen = [torch.nonzero(labels == c).flatten()[torch.randperm(int(n), generator=generator)[:k]]
               for c, n, k in zip(classes, sizes, share)]
