@@ -36,7 +36,7 @@ def server(tmp_path_factory):
         folder = tmp_path_factory.mktemp("server")
         process, url = start_mlflow_server(folder, backend=database.uri, workers=2)
         try:
-            yield url
+            yield url, database.uri
         finally:
             stop_process_group(process)
     finally:
@@ -55,6 +55,7 @@ def by_kind(client, experiment="harness"):
 
 
 def test_eight_slurm_jobs_log_every_point_through_one_postgres_backed_server(slurm, server, tmp_path):
+    server, database = server
     runs_dir = tmp_path / "runs"
     result = sweep(slurm, "model.residual=true,false", "model.batchnorm=true,false", "trainer.seed=0,1",
                    "model.depth=8", "data=synthetic", "trainer=smoke", "trainer.steps=8", "probes.grad_every=1",
@@ -81,12 +82,16 @@ def test_eight_slurm_jobs_log_every_point_through_one_postgres_backed_server(slu
         logged = re.search(r"test: loss ([\d.]+), accuracy ([\d.]+)", (folder / "harness.log").read_text())
         assert float(logged[1]) == pytest.approx(run.data.metrics["test/loss"], abs=5e-5)
         assert float(logged[2]) == pytest.approx(run.data.metrics["test/acc"], abs=5e-5)
-        # every metric the job sent, up to the last step it recorded sending (metrics_sent.json)
+        # every metric the job sent, up to the last step it recorded sending (metrics_sent.json),
+        # read from the PostgreSQL tables themselves: no step twice, none beyond
         sent = json.loads((folder / "metrics_sent.json").read_text())
-        assert sent.keys() == run.data.metrics.keys()
-        for key, last in sent.items():
-            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
-            assert steps == sorted(set(steps)) and steps[-1] == last, key
+        stored = {key: (points, steps, last) for key, points, steps, last in rows(
+            database, "select key, count(*), count(distinct step), max(step) from metrics where run_uuid = :run "
+                      "group by key", run=run.info.run_id)}
+        assert stored.keys() == sent.keys() == run.data.metrics.keys()
+        assert all(stored[key][0] == stored[key][1] and stored[key][2] == last for key, last in sent.items())
+        per_layer = [key for key in stored if key.startswith(("grad_norm/", "weight_norm/", "update_ratio/"))]
+        assert per_layer and all(stored[key][0] == stored[key][2] + 1 for key in per_layer)  # probed every step
 
     report = tmp_path / "report"
     analysis = subprocess.run([sys.executable, "-m", "analysis", "--uri", server, "--out", str(report)],
@@ -151,6 +156,17 @@ def test_a_requeued_slurm_job_resumes_from_its_checkpoint_bit_identical(slurm, n
         if not key.startswith("perf/"):
             assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)] == \
                 [(m.step, m.value) for m in ref_client.get_metric_history(ref_run.info.run_id, key)], key
+
+
+def rows(database_uri: str, query: str, **params) -> list:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(database_uri)
+    try:
+        with engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(sqlalchemy.text(query), params)]
+    finally:
+        engine.dispose()
 
 
 def last_step(runs_dir) -> int:
