@@ -125,8 +125,10 @@ def check_command_line(argv: list) -> None:
             or args.config_path or args.config_dir:
         return  # Hydra's own business
     config_name = args.config_name or "config"
-    check_recipe_and_trainer(args.overrides)
+    parsed = []
     try:
+        parsed = OverridesParser.create().parse_overrides(args.overrides)  # a syntax error: one line too
+        check_recipe_and_trainer(parsed)
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             if not args.multirun:
                 cfg = compose(config_name, overrides=args.overrides)
@@ -138,16 +140,15 @@ def check_command_line(argv: list) -> None:
     except COMPOSITION_ERRORS as e:
         raise ConfigError(one_line(e)) from None
     except ValueError as e:  # `model=null`: Hydra's message does not say which group
-        emptied = [o.input_line for o in OverridesParser.create().parse_overrides(args.overrides)
-                   if o.value() is None and "." not in o.key_or_group]
+        emptied = [o.input_line for o in parsed if o.value() is None and "." not in o.key_or_group]
         raise ConfigError(f"{emptied[0]}: a config group cannot be set to null on the command line: name "
                           "one of its choices, or leave it out" if emptied else one_line(e)) from None
 
 
-def check_recipe_and_trainer(overrides: list) -> None:
+def check_recipe_and_trainer(parsed: list) -> None:
     """A recipe sets the training length and batch size itself, after the trainer group: a
-    trainer preset named with it would be silently overridden."""
-    named = {o.key_or_group: o for o in OverridesParser.create().parse_overrides(overrides)}
+    trainer preset named with it would be silently overridden. `parsed`: Hydra's Overrides."""
+    named = {o.key_or_group: o for o in parsed}
     recipe, trainer = named.get("recipe"), named.get("trainer")
     if recipe is not None and recipe.value() is not None and trainer is not None and trainer.value() != "default":
         raise ConfigError(f"{recipe.input_line} sets the training length and batch size itself: drop "
@@ -198,9 +199,10 @@ def _run_job(cfg, job: JobInfo) -> str:
     if job.sweep_dir is not None and stop_signal(job.sweep_dir):
         log.warning("not started: the sweep was told to stop")
         return "killed"
-    if read_outcome(job.output_dir) in DONE:  # SLURM reran a job that had already finished (a late requeue)
-        log.warning("not run again: this job already %s", read_outcome(job.output_dir))
-        return read_outcome(job.output_dir)
+    done = read_outcome(job.output_dir)
+    if done in DONE:  # SLURM reran a job that had already finished (a late requeue)
+        log.warning("not run again: this job already %s", done)
+        return done
     if in_joblib_worker():
         die_with_parent()  # if the sweep's process dies, stop as if sent SIGTERM
     run = None

@@ -512,6 +512,8 @@ def one_line(error: Exception) -> str:
         return f"{cause.full_key}: {message}" + _key_hint(cause)
     first = str(error).strip().splitlines()
     text = first[0] if first else type(error).__name__
+    if isinstance(error, OverrideParseException):  # the override's syntax: name it, and the grammar
+        return f"{error.override}: {text} (override grammar: https://hydra.cc/docs/advanced/override_grammar/basic/)"
     append = next((line for line in first if "To append to your" in line), None)
     if append:  # `experiment=x` where `+experiment=x` was meant
         return f"{text} {append.strip()}"

@@ -55,6 +55,7 @@ BAD_VALUES = [
     (["probes.landscape.etas=[]"], "probes.landscape.etas=[] must be a non-empty list"),
     (["experiment=depth_residual"], "To append to your default list use +experiment=depth_residual"),
     (["tracking.uri=./mlruns"], "tracking.uri='./mlruns' is not supported"),
+    (["model.depth=[1"], "model.depth=[1: no viable alternative at input '[1'"),
     (["+optimm=adam"], "optimm is not a config group or key: use one of model, data"),
     (["model=null"], "model=null: a config group cannot be set to null"),
     (["data=synthetic", "data.seed=-1"], "data.seed=-1 must be a non-negative integer"),
