@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import BooleanNode, OmegaConf
 
 from harness import contract
 from harness.checkpoint import Interrupted
@@ -240,7 +240,7 @@ def short_name(overrides: list) -> str:
     for override in overrides:
         key, value = override.lstrip("+").split("=", 1)
         if key in SHORT_FLAGS:
-            parts.append(SHORT_FLAGS[key][0 if value.lower() in ("true", "yes", "on", "1") else 1])
+            parts.append(SHORT_FLAGS[key][0 if BooleanNode(value=value)._value() else 1])  # as the schema reads it
         elif key in SHORT_KEYS:
             parts.append(SHORT_KEYS[key] + value)
         elif "." not in key or value.replace("_", "").isalpha():

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from harness.app import JobInfo
-from harness.tracking import JobRun, MetricBuffer, open_experiment
+from harness.tracking import JobRun, MetricBuffer, open_experiment, short_name
 
 from conftest import PROJECT_ROOT, run_cli, start_mlflow_server, stop_process_group
 
@@ -184,3 +184,9 @@ def test_the_store_benchmark_reports_the_points_the_store_holds(tmp_path):
         (stored,) = connection.execute("select count(*) from metrics").fetchone()
         (runs,) = connection.execute("select count(*) from runs where status = 'FINISHED'").fetchone()
     assert (writers, runs) == ("2", 2) and stored == int(rate.replace(",", "")) and stored % 200 == 0
+
+
+def test_run_names_read_booleans_as_the_config_schema_does():
+    """`model.residual=y` trains a residual net (OmegaConf reads y as true): its name must say so."""
+    assert short_name(["model.depth=56", "model.residual=y", "model.batchnorm=off"]) == "d56 res nobn"
+    assert short_name(["model.residual=N", "model.batchnorm=1", "optim=adam"]) == "plain bn adam"
