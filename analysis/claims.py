@@ -189,7 +189,7 @@ def measures(history: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame, fl
     def metric(key):
         return frame.get(f"metric.{key}", pd.Series(math.nan, index=frame.index))
 
-    frame["usable"] = (frame["status"] == "FINISHED") & ~frame["diverged"]
+    frame["usable"] = frames.finished(frame) & ~frame["diverged"]
     frame["final training loss"] = frame["final_train_loss"]
     frame["generalisation gap"] = frame["final_train_acc"] - metric(contract.TEST_ACC)
     frame["shift consistency"] = metric(f"test/{contract.SHIFT_CONSISTENCY}")

@@ -19,6 +19,13 @@ def axis_column(axis: str) -> str:
 PARAM_AXES = {key for source, key in AXES.values() if source == "param"}
 
 
+def finished(runs: pd.DataFrame) -> pd.Series:
+    """Which runs trained to their end (a diverged run did too). The one rule the report follows:
+    figures, captions and curves draw only these, the claims those that did not diverge; a run
+    stopped, failed or still running ends at an arbitrary step and would skew either."""
+    return runs["status"] == "FINISHED"
+
+
 def labelled_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs frame with short axis columns and display labels. An optimiser or augmentation
     is named by the config file that chose it (optim=momentum, augment=crop_flip); where runs

@@ -15,9 +15,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness import contract
+from harness.errors import HarnessError
 
 
-class SelectionError(Exception):
+class SelectionError(HarnessError):
     """No runs match what was asked for; the message says what exists instead."""
 
 
@@ -81,6 +82,8 @@ def _search(client, experiment_ids, filter_string, order_by=None):
     try:
         return client.search_runs(experiment_ids, filter_string=filter_string, max_results=50000, order_by=order_by)
     except MlflowException as e:
+        if e.error_code != "INVALID_PARAMETER_VALUE":
+            raise  # not the filter: the store (python -m analysis reports it)
         raise SelectionError(f"bad filter {filter_string!r}: {str(e).splitlines()[0]}") from None
 
 

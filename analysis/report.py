@@ -3,10 +3,15 @@
 then the folder as artifacts of the sweep's parent run (visible in the MLflow UI).
 
 The folder is built beside its destination and swapped in whole, so a report is never half
-written and never mixes files of two runs of the command.
+written and never mixes files of two runs of the command. It replaces only a folder that it
+wrote itself (MARKER is in it), and its name, read from the store, stays inside the report root.
 """
 
+import contextlib
+import errno
+import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,9 +23,10 @@ from mlflow.exceptions import MlflowException
 
 from analysis.claims import RULE, claims_markdown, gradient_flow, gradient_flow_markdown, measures, verdicts
 from analysis.figures import DPI, FIGURES, Skip
-from analysis.frames import grad_by_layer, summary, swept
+from analysis.frames import finished, grad_by_layer, summary, swept
 from analysis.html import write_html
 from harness import contract
+from harness.errors import HarnessError
 from analysis.load import histories_frame, layer_tables, runs_frame
 
 # fixed metadata: re-running on the same store writes the same bytes
@@ -28,46 +34,102 @@ PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creato
 PNG_METADATA = {"Software": None}
 
 
+MARKER = ".harness-report"  # in every report folder: the only folders a report replaces
+MARKER_TEXT = "Written by `python -m analysis`, which replaces this folder when it writes the report again.\n"
+NAME_LIMIT = 100  # characters of a folder name read from the store
+
+
+class ReportError(HarnessError):
+    """The report cannot go where it was asked to; the message says where and why."""
+
+
+def report_folder(root: Path, name: str) -> Path:
+    """root/<name> for a name read from the store (a sweep id, an experiment name), which anyone
+    who can write to the store chooses: each /-separated part keeps [A-Za-z0-9._-] and no leading
+    dot, NAME_LIMIT characters at most; a name that had to change ends with a hash of the
+    original, so two names never share a folder."""
+    parts = [re.sub(r"[^A-Za-z0-9._-]", "_", part).lstrip(".") for part in name.split("/")]
+    safe = "/".join(part for part in parts if part)[:NAME_LIMIT].strip("/")
+    if safe != name:
+        safe = (f"{safe}-" if safe else "") + hashlib.sha256(name.encode()).hexdigest()[:8]
+    folder = root / safe
+    if not folder.resolve().is_relative_to(root.resolve()):  # a link inside the root that leads out
+        raise ReportError(f"the report folder {folder} leads outside {root}: remove the link or use --out")
+    return folder
+
+
 def write_report(client, uri, selection, out_dir: Path, ui_url: str) -> dict:
     """Write the report of the selected runs into out_dir; return {figure: caption or skip note}.
-    ui_url: where the MLflow UI shows this store, for report.html's links to the runs."""
+    ui_url: where the MLflow UI shows this store, for report.html's links to the runs.
+    ReportError if out_dir is something else than a report folder, or cannot be written."""
+    _check_replaceable(out_dir)
     runs = runs_frame(selection.runs)
     history = histories_frame(client, uri, selection.runs)
     layers = layer_tables(client, selection.runs)
+    config = _first_config(client, selection.runs)
+    left_out = ", ".join(f"{r.run_name} ({r.status.lower()})" for r in runs[~finished(runs)].itertuples())
+    try:
+        with _swapped_in(out_dir) as build:
+            drawn, skipped = _draw_figures(history, runs, layers, build)
+            table = summary(runs)
+            table.to_csv(build / "summary.csv", index=False)
+            flow = gradient_flow(grad_by_layer(history, runs, layers))
+            claims = verdicts(measures(history, runs, layers, flow), swept(runs))
+            claims.to_csv(build / "claims.csv", index=False)
+            intro = _intro(selection, left_out)
+            drawn_flow = flow[flow["run_id"].isin(runs.loc[finished(runs), "run_id"])] if len(flow) else flow
+            (build / "index.md").write_text(_index(selection, intro, drawn, skipped, table, drawn_flow, claims))
+            experiments = {r.info.run_id: r.info.experiment_id for r in selection.runs}
+            write_html(build / "report.html", f"Report: {selection.name}", intro, build, drawn, skipped,
+                       RULE.replace("*", ""), claims, table, list(zip(table["run"], table["run_id"])),
+                       lambda run_id: f"{ui_url.rstrip('/')}/#/experiments/{experiments[run_id]}/runs/{run_id}"
+                                      f"?{contract.UI_MODEL_TRAINING}",
+                       config)
+    except OSError as e:
+        raise ReportError(f"cannot write the report to {out_dir}: {e.filename or out_dir}: "
+                          f"{e.strerror or e} ({errno.errorcode.get(e.errno, 'no errno')})") from None
+    if selection.parent is not None:
+        client.log_artifacts(selection.parent.info.run_id, str(out_dir), "report")
+    left = {"left out of the figures": left_out} if left_out else {}
+    return {**left, **drawn, **{name: f"skipped: {why}" for name, why in skipped.items()}}
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    if out_dir.is_symlink() or (out_dir.exists() and not (out_dir / MARKER).is_file()):
+        raise ReportError(f"{out_dir} exists and is not a report folder (it has no {MARKER}): "
+                          "choose another --out, or move it away")
+
+
+@contextlib.contextmanager
+def _swapped_in(out_dir: Path):
+    """A folder built beside out_dir (with MARKER in it) that replaces out_dir when the block
+    succeeds, and is removed whatever happens."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    build.chmod(0o777 & ~umask)  # mkdtemp makes it private; a report is for sharing
     try:
-        drawn, skipped = _draw_figures(history, runs, layers, build)
-        table = summary(runs)
-        table.to_csv(build / "summary.csv", index=False)
-        flow = gradient_flow(grad_by_layer(history, runs, layers))
-        claims = verdicts(measures(history, runs, layers, flow), swept(runs))
-        claims.to_csv(build / "claims.csv", index=False)
-        (build / "index.md").write_text(_index(selection, drawn, skipped, table, flow, claims))
-        experiments = {r.info.run_id: r.info.experiment_id for r in selection.runs}
-        write_html(build / "report.html", f"Report: {selection.name}", _intro(selection), build, drawn, skipped,
-                   RULE.replace("*", ""), claims, table, list(zip(table["run"], table["run_id"])),
-                   lambda run_id: f"{ui_url.rstrip('/')}/#/experiments/{experiments[run_id]}/runs/{run_id}"
-                                  f"?{contract.UI_MODEL_TRAINING}",
-                   _first_config(client, selection.runs))
-        if out_dir.exists():
+        umask = os.umask(0)
+        os.umask(umask)
+        build.chmod(0o777 & ~umask)  # mkdtemp makes it private; a report is for sharing
+        (build / MARKER).write_text(MARKER_TEXT)
+        yield build
+        if out_dir.exists() or out_dir.is_symlink():
+            _check_replaceable(out_dir)  # again: it may have appeared while the figures were drawn
             shutil.rmtree(out_dir)
         build.rename(out_dir)
     finally:
         shutil.rmtree(build, ignore_errors=True)
-    if selection.parent is not None:
-        client.log_artifacts(selection.parent.info.run_id, str(out_dir), "report")
-    return {**drawn, **{name: f"skipped: {why}" for name, why in skipped.items()}}
 
 
 def _draw_figures(history, runs, layers, folder: Path):
+    """Every figure of the finished runs (frames.finished): a run stopped early would end its
+    curve, and move a caption's ratio, at whatever step it stopped."""
     drawn, skipped = {}, {}
-    if not (runs["status"] == "FINISHED").any():  # not a question of probes or axes
+    shown = finished(runs)
+    if not shown.any():  # not a question of probes or axes
         states = ", ".join(f"{n} {status.lower()}" for status, n in runs["status"].value_counts().items())
         return drawn, {name: f"no run of the selection finished ({states})" for name, _, _ in FIGURES}
+    ids = set(runs.loc[shown, "run_id"])
+    history, runs, layers = (frame[frame["run_id"].isin(ids)] for frame in (history, runs.loc[shown], layers))
     for number, (name, draw, caption) in enumerate(FIGURES, 1):
         try:
             fig, finding = draw(history, runs, layers)
@@ -82,9 +144,10 @@ def _draw_figures(history, runs, layers, folder: Path):
     return drawn, skipped
 
 
-def _intro(selection) -> str:
-    return f"{len(selection.runs)} runs" + (f" of sweep {selection.name} (parent run {selection.parent.info.run_id})"
-                                            if selection.parent else "")
+def _intro(selection, left_out: str) -> str:
+    return (f"{len(selection.runs)} runs" + (f" of sweep {selection.name} (parent run {selection.parent.info.run_id})"
+                                             if selection.parent else "")
+            + (f". The figures draw the finished runs only; left out: {left_out}." if left_out else ""))
 
 
 def _first_config(client, runs) -> str | None:
@@ -97,9 +160,9 @@ def _first_config(client, runs) -> str | None:
     return None
 
 
-def _index(selection, drawn: dict, skipped: dict, table: pd.DataFrame, flow: pd.DataFrame,
+def _index(selection, intro: str, drawn: dict, skipped: dict, table: pd.DataFrame, flow: pd.DataFrame,
            claims: pd.DataFrame) -> str:
-    lines = [f"# Report: {selection.name}", "", _intro(selection).replace(selection.name, f"`{selection.name}`", 1),
+    lines = [f"# Report: {selection.name}", "", intro.replace(selection.name, f"`{selection.name}`", 1),
              "", "The same report with its figures in one file, for the MLflow UI and a browser: `report.html`.", ""]
     if not claims.empty:
         lines += claims_markdown(claims)
