@@ -50,7 +50,7 @@ def report_folder(root: Path, name: str) -> Path:
     original, so two names never share a folder."""
     parts = [re.sub(r"[^A-Za-z0-9._-]", "_", part).lstrip(".") for part in name.split("/")]
     safe = "/".join(part for part in parts if part)[:NAME_LIMIT].strip("/")
-    if safe != name:
+    if safe != name or not safe:  # not safe: the name was empty, and root itself is no report folder
         safe = (f"{safe}-" if safe else "") + hashlib.sha256(name.encode()).hexdigest()[:8]
     folder = root / safe
     if not folder.resolve().is_relative_to(root.resolve()):  # a link inside the root that leads out
