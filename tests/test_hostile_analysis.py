@@ -103,7 +103,7 @@ def test_each_hostile_case_is_one_line_and_touches_nothing_outside_the_report_ro
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert says in result.stderr and result.stderr.startswith("error: ")
         assert not root.exists()
-    assert took < 90  # MLflow's own retries would take 256 s
+    assert took < 120  # unbounded, MLflow retries for 256 s (refused) or far longer (no answer)
 
 
 def _files(folder: Path, report_root: Path) -> dict:
