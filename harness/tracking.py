@@ -15,6 +15,7 @@ import platform
 import re
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -28,7 +29,7 @@ from omegaconf import BooleanNode, OmegaConf
 from harness import contract
 from harness.checkpoint import Interrupted, save_tensors
 from harness.errors import ConfigError, HarnessError
-from harness.files import WriteError, append, folder_lock, write_atomically
+from harness.files import WriteError, append, folder_lock, reason, write_atomically
 from harness.processes import start_time
 
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run" per run
@@ -78,6 +79,21 @@ class RedactCredentials(logging.Filter):
         if _CREDENTIALS.search(message):
             record.msg, record.args = redact(message), None
         return True
+
+
+class JobLogFile(logging.FileHandler):
+    """The job log's file (conf/hydra/job_logging): on a full disk the lines still reach stderr,
+    and the file loses them with one note rather than a traceback for each line."""
+
+    noted = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            return super().handleError(record)
+        if not self.noted:
+            self.noted = True
+            sys.stderr.write(f"note: the job log {self.baseFilename} loses lines: {reason(error)}\n")
 
 
 # ---------------------------------------------------------------- the store
@@ -320,7 +336,8 @@ class JobRun:
 
     def log_job_log(self, job) -> None:
         for handler in logging.getLogger().handlers:
-            handler.flush()
+            with contextlib.suppress(OSError):  # a full disk: the log is sent as far as it was written
+                handler.flush()
         if job.log_file.is_file():
             self.client.log_artifact(self.run_id, str(job.log_file))
 
