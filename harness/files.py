@@ -37,7 +37,7 @@ def folder_lock(folder: Path):
 
 
 def write_atomically(path: Path, data: str | bytes) -> None:
-    """Readers see the old file or the whole new one, never a part, even after a power cut; a
+    """Readers see the old file or the whole new one, never a part (synced to disk first); a
     write that fails (WriteError) leaves the old file and no temporary."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
