@@ -121,9 +121,9 @@ class Checkpoints:
                 raise HarnessError(f"the checkpoint {self.path} names code to run ({_unsupported_global(e)}): "
                                    "refused; move it away to start this job again") from None
             aside = set_aside(self.path)
+            why = str(e).strip().split(". ")[0].splitlines()[0][:200] if str(e).strip() else type(e).__name__
             log.warning("the checkpoint %s cannot be read (%s): set aside as %s; training starts again from step 0",
-                        self.path, str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__,
-                        aside.name)
+                        self.path, why, aside.name)
             return None
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] is not None and torch.cuda.is_available():
