@@ -9,6 +9,7 @@ failed or diverged job of a sweep is recorded and the sweep goes on; the process
 status still reports failures.
 """
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -39,13 +40,14 @@ from harness.config import (COMPOSITION_ERRORS, load_data, make_model, make_sche
                             plain, validate)
 from harness.data import Splits
 from harness.errors import ConfigError, HarnessError
-from harness.files import write_atomically
+from harness.files import WriteError, reason, write_atomically
 from harness.models import count_parameters
 from harness.optim import build_optimizer, build_scheduler
 from harness.probes import Probes
 from harness.processes import die_with_parent
 from harness.sweep import DONE, JOBS_FILE, expand_sweep, read_outcome, read_parent, stop_signal, write_outcome
-from harness.tracking import STORE_ERRORS, JobRun, TrackingError, device_name, job_name, open_experiment
+from harness.tracking import (STORE_ERRORS, JobRun, TrackingError, device_name, from_the_store, job_name,
+                              open_experiment)
 from harness.train import Setup, train
 
 log = logging.getLogger("harness")
@@ -189,7 +191,8 @@ def run_job(cfg, job: JobInfo) -> str:
         outcome = getattr(stopped, "outcome", outcome)
         raise
     finally:
-        write_outcome(job.output_dir, outcome)
+        with contextlib.suppress(WriteError):  # a full disk: without an outcome, a resume runs the job again
+            write_outcome(job.output_dir, outcome)
         if in_joblib_worker() and os.getppid() != parent:  # the sweep's process died: no orphan stays
             logging.shutdown()
             os._exit(1)
@@ -268,8 +271,13 @@ def _record_failure(error: BaseException, run: JobRun | None, job: JobInfo, stop
     if isinstance(error, Interrupted):
         log.warning("%s at a step boundary: checkpoint saved in %s; resume with python -m harness.runs resume %s",
                     error, job.output_dir, job.sweep_dir or job.output_dir)
+    elif isinstance(error, WriteError):  # a full disk: the run ends KILLED, to be continued
+        log.error("error: %s; once there is room: python -m harness.runs resume %s", error,
+                  job.sweep_dir or job.output_dir)
     elif isinstance(error, HarnessError):
         log.error("error: %s", error)  # the user's to fix: one line, no traceback
+    elif isinstance(error, OSError) and not from_the_store(error):  # a local file: named, with its errno
+        log.error("error: %s%s", f"{error.filename}: " if error.filename else "", reason(error))
     elif isinstance(error, STORE_ERRORS):
         log.error("error: the MLflow store failed: %s", str(error).splitlines()[0] if str(error) else type(error))
     elif isinstance(error, Exception):
@@ -288,10 +296,13 @@ def _record_failure(error: BaseException, run: JobRun | None, job: JobInfo, stop
         stopped = SystemExit(128 + error.signum)
         stopped.outcome = "killed"
         raise stopped
+    outcome = "killed" if isinstance(error, (Interrupted, WriteError)) else "failed"
     if job.sweep_dir is None:
-        bad_input = isinstance(error, HarnessError) and not isinstance(error, TrackingError)
-        raise SystemExit(2 if bad_input else 1)
-    return "killed" if isinstance(error, Interrupted) else "failed"
+        bad_input = isinstance(error, HarnessError) and not isinstance(error, (TrackingError, WriteError))
+        stopped = SystemExit(2 if bad_input else 1)
+        stopped.outcome = outcome
+        raise stopped
+    return outcome
 
 
 def build(cfg, splits: Splits | None = None) -> Setup:

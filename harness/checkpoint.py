@@ -16,6 +16,8 @@ is then passed on to submitit, which requeues the job.
 """
 
 import contextlib
+import io
+import logging
 import os
 import signal
 import threading
@@ -23,6 +25,11 @@ import time
 from pathlib import Path
 
 import torch
+
+from harness.errors import HarnessError
+from harness.files import write_atomically
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -97,21 +104,53 @@ class Checkpoints:
         """Write atomically: a reader (or a resume) sees the old checkpoint or the whole new one."""
         state = {**state, "run_id": self.run_id, "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        torch.save(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        save_tensors(state, self.path)
 
     def load(self) -> dict | None:
-        """The saved state, with the global random generators already restored; None if there is none."""
+        """The saved state, with the global random generators already restored; None if there is
+        none, or if it cannot be read: then it is set aside (renamed *.corrupt) and training
+        starts again from step 0, into the same run."""
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)  # tensors and plain values: no code runs
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)  # tensors and plain values: no code runs
+            if not isinstance(state, dict) or not {"torch_rng", "cuda_rng", "run_id", "step"} <= state.keys():
+                raise ValueError("not a checkpoint of this harness")
+        except Exception as e:  # truncated, empty, or not a checkpoint: torch raises many kinds
+            if "GLOBAL" in str(e):  # it names code to run: someone made it so, and it is refused, not set aside
+                raise HarnessError(f"the checkpoint {self.path} names code to run ({_unsupported_global(e)}): "
+                                   "refused; move it away to start this job again") from None
+            aside = set_aside(self.path)
+            why = str(e).strip().split(". ")[0].splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            log.warning("the checkpoint %s cannot be read (%s): set aside as %s; training starts again from step 0",
+                        self.path, why, aside.name)
+            return None
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         return state
+
+
+def save_tensors(tensors: dict, path: Path) -> None:
+    """torch.save, atomically; a write that fails is a WriteError naming the file, not torch's
+    RuntimeError from deep inside its zip writer (so it is serialised in memory first)."""
+    data = io.BytesIO()
+    torch.save(tensors, data)
+    write_atomically(path, data.getbuffer())
+
+
+def _unsupported_global(error: Exception) -> str:
+    return next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), "")[:200]
+
+
+def set_aside(path: Path) -> Path:
+    """Rename `path` to `<name>.corrupt` (`.corrupt.2`, ... if taken): kept for a look, never deleted."""
+    aside, n = path.with_name(f"{path.name}.corrupt"), 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.corrupt.{n}")
+    os.replace(path, aside)
+    return aside
 
 
 def saved_run_id(folder: Path) -> str | None:

@@ -1,9 +1,26 @@
-"""Files that several processes (the jobs of a parallel sweep) may write at once."""
+"""Files that several processes (the jobs of a parallel sweep) may write at once, and writes
+that may fail (a full disk) without spoiling what was written before."""
 
 import contextlib
+import errno
 import fcntl
 import os
 from pathlib import Path
+
+from harness.errors import HarnessError
+
+
+class WriteError(HarnessError):
+    """A file the harness writes could not be written (a full disk, a read-only folder)."""
+
+    def __init__(self, path: Path, error: OSError):
+        super().__init__(f"cannot write {path}: {reason(error)}")
+        self.path, self.errno = path, error.errno
+
+
+def reason(error: OSError) -> str:
+    """`No space left on device (ENOSPC)`: an OSError's cause, without its path."""
+    return f"{error.strerror or error} ({errno.errorcode.get(error.errno, error.errno)})"
 
 
 @contextlib.contextmanager
@@ -19,8 +36,37 @@ def folder_lock(folder: Path):
         os.close(fd)  # releases the lock
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Readers see the old file or the whole new one, never a part."""
+def write_atomically(path: Path, data: str | bytes) -> None:
+    """Readers see the old file or the whole new one, never a part (synced to disk first); a
+    write that fails (WriteError) leaves the old file and no temporary."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(path, e) from None
+
+
+def append(path: Path, data: bytes) -> None:
+    """Add `data` at the end of `path` (created if missing), on disk when this returns; a write
+    that fails (WriteError) takes back what it added, so no part of a line is left."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise WriteError(path, e) from None
+    start = os.fstat(fd).st_size
+    try:
+        view = memoryview(data)
+        while view:  # a full disk can take part of a write before it refuses the rest
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise WriteError(path, e) from None
+    finally:
+        os.close(fd)

@@ -15,6 +15,7 @@ import platform
 import re
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -26,9 +27,9 @@ import torch
 from omegaconf import BooleanNode, OmegaConf
 
 from harness import contract
-from harness.checkpoint import Interrupted
+from harness.checkpoint import Interrupted, save_tensors
 from harness.errors import ConfigError, HarnessError
-from harness.files import folder_lock, write_atomically
+from harness.files import WriteError, append, folder_lock, reason, write_atomically
 from harness.processes import start_time
 
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run" per run
@@ -52,6 +53,13 @@ class TrackingError(HarnessError):
     """The MLflow store cannot be reached or used as configured."""
 
 
+def from_the_store(error: BaseException) -> bool:
+    """Whether the store raised `error`, rather than a file of the job's own (an OSError that is
+    not a request's)."""
+    return isinstance(error, (TrackingError, *STORE_ERRORS)) and \
+        (isinstance(error, RequestException) or not isinstance(error, OSError))
+
+
 # ---------------------------------------------------------------- credentials
 
 # user:password@ after the // of a URL, also as Hydra writes an override (user\:password@)
@@ -71,6 +79,21 @@ class RedactCredentials(logging.Filter):
         if _CREDENTIALS.search(message):
             record.msg, record.args = redact(message), None
         return True
+
+
+class JobLogFile(logging.FileHandler):
+    """The job log's file (conf/hydra/job_logging): on a full disk the lines still reach stderr,
+    and the file loses them with one note rather than a traceback for each line."""
+
+    noted = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            return super().handleError(record)
+        if not self.noted:
+            self.noted = True
+            sys.stderr.write(f"note: the job log {self.baseFilename} loses lines: {reason(error)}\n")
 
 
 # ---------------------------------------------------------------- the store
@@ -298,7 +321,7 @@ class JobRun:
     def log_artifacts(self, job, cfg, model=None) -> None:
         """Resolved config, Hydra's .hydra/ folder, the job log and the model weights (credentials
         in a tracking URI are left out of every file)."""
-        (job.output_dir / "config_resolved.yaml").write_text(redact(OmegaConf.to_yaml(cfg, resolve=True)))
+        write_atomically(job.output_dir / "config_resolved.yaml", redact(OmegaConf.to_yaml(cfg, resolve=True)))
         self.client.log_artifact(self.run_id, str(job.output_dir / "config_resolved.yaml"))
         if (job.output_dir / ".hydra").is_dir():
             with tempfile.TemporaryDirectory() as copy:
@@ -307,28 +330,37 @@ class JobRun:
                 self.client.log_artifacts(self.run_id, copy, "hydra")
         if model is not None:
             weights = job.output_dir / "model_weights.pt"
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
+            save_tensors({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
             self.client.log_artifact(self.run_id, str(weights), "model")
         self.log_job_log(job)
 
     def log_job_log(self, job) -> None:
         for handler in logging.getLogger().handlers:
-            handler.flush()
+            with contextlib.suppress(OSError):  # a full disk: the log is sent as far as it was written
+                handler.flush()
         if job.log_file.is_file():
             self.client.log_artifact(self.run_id, str(job.log_file))
 
     def fail(self, error: BaseException, job) -> None:
-        """Record an exception: tag, traceback artifact, FAILED status (KILLED if stopped by a
-        signal or Ctrl-C). A store that cannot be reached leaves the run as it is."""
-        killed = isinstance(error, (Interrupted, KeyboardInterrupt))
+        """Record an exception: tag, traceback artifact, FAILED status; KILLED if stopped by a
+        signal or Ctrl-C, or by a file it could not write (a full disk is no fault of the job's:
+        tag `killed_by` says which file, and `harness.runs resume` continues it once there is
+        room). A store that cannot be reached leaves the run as it is."""
+        killed = isinstance(error, (Interrupted, KeyboardInterrupt, WriteError))
         trace = job.output_dir / "traceback.txt"
-        trace.write_text(redact("".join(traceback.format_exception(error))))
-        if isinstance(error, (TrackingError, *STORE_ERRORS)):
+        try:
+            write_atomically(trace, redact("".join(traceback.format_exception(error))))
+        except WriteError:
+            trace = None  # the disk is full: the error tag still says what happened
+        if from_the_store(error):
             return  # the store is what failed: waiting on it again would only add its timeouts
         try:
-            self.metrics.flush()
-            self.set_tags({contract.ERROR: _error_line(error), contract.OUTCOME: "killed" if killed else "failed"})
-            self.client.log_artifact(self.run_id, str(trace))
+            with contextlib.suppress(WriteError):  # points it cannot keep are computed again on resume
+                self.metrics.flush()
+            self.set_tags({contract.ERROR: _error_line(error), contract.OUTCOME: "killed" if killed else "failed",
+                           **({contract.KILLED_BY: str(error)} if isinstance(error, WriteError) else {})})
+            if trace:
+                self.client.log_artifact(self.run_id, str(trace))
             self.log_job_log(job)
             self.client.set_terminated(self.run_id, "KILLED" if killed else "FAILED")
         except (TrackingError, *STORE_ERRORS) as e:
@@ -402,10 +434,7 @@ class MetricBuffer:
         rows = self._to_host()
         new = [row for row in rows if row[2] > self.sent.get(row[0], -1)]
         if self.journal and new:
-            with open(self.journal / self.UNSENT, "a") as f:
-                f.writelines(json.dumps(row) + "\n" for row in new)
-                f.flush()
-                os.fsync(f.fileno())
+            append(self.journal / self.UNSENT, "".join(json.dumps(row) + "\n" for row in new).encode())
         if before_sending:
             before_sending()
         if new:
@@ -417,7 +446,7 @@ class MetricBuffer:
         path = self.journal / self.UNSENT
         if not path.is_file():
             return 0
-        rows = [tuple(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+        rows = read_journal(path)
         self._send(rows)
         return len(rows)
 
@@ -442,3 +471,22 @@ class MetricBuffer:
                 self.sent[key] = max(step, self.sent.get(key, -1))
             write_atomically(self.journal / self.SENT, json.dumps(self.sent))
             (self.journal / self.UNSENT).unlink(missing_ok=True)
+
+
+def read_journal(path: Path) -> list:
+    """The points in a metric journal, [(key, value, step, timestamp_ms)]. A line that is not a
+    whole point is left out with a warning: the last one cut by a full disk or a crash (its
+    point was never sent, and the resumed job computes it again), or one damaged elsewhere."""
+    lines = path.read_bytes().split(b"\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            key, value, step, timestamp = json.loads(line)
+            rows.append((str(key), float(value), int(step), int(timestamp)))
+        except (ValueError, TypeError):  # not JSON, not UTF-8, or not [key, value, step, timestamp]
+            cut = number == len(lines)  # no newline after it: its write did not finish
+            log.warning("%s line %d: %s, left out: %.80r", path, number,
+                        "cut short" if cut else "not a metric point", line)
+    return rows
