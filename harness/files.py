@@ -24,3 +24,16 @@ def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def try_folder_lock(folder: Path) -> int | None:
+    """The exclusive lock on `folder` (the one folder_lock takes) if no other process holds it:
+    an open descriptor that keeps it until closed, or until this process ends however it ends;
+    None if another process holds it."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
