@@ -70,12 +70,18 @@ def hold(folder: Path):
     """Be the only process working in `folder` for the block: one job trains in a job folder,
     one resume works in a sweep folder. The lock is the folder's own (no lock file); the OS
     releases it when this process ends, even by SIGKILL. Raises InUse naming the holder."""
-    fd = try_folder_lock(folder)
-    if fd is None:
+    for _ in range(3):  # holder() takes the lock for an instant to look: that is no holder
+        if (fd := try_folder_lock(folder)) is not None:
+            break
+        time.sleep(0.05)
+    else:
         raise InUse(f"{folder} is in use by {holder(folder)}: it runs once at a time")
     try:
-        write_atomically(folder / HOLDER_FILE, f"pid {os.getpid()} on {socket.gethostname()} since "
-                                               f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+        try:
+            write_atomically(folder / HOLDER_FILE, f"pid {os.getpid()} on {socket.gethostname()} since "
+                                                   f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+        except OSError:
+            pass  # a full disk: the lock holds all the same, and the refused are told "another process"
         yield
     finally:
         (folder / HOLDER_FILE).unlink(missing_ok=True)

@@ -34,10 +34,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import contract
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from harness import contract
 from harness.app import CHANGED_ENV, CONF_DIR, JOB_FILE, PROJECT_ROOT, SAVED_CONFIG, JobInfo
 from harness.config import COMPOSITION_ERRORS, one_line
 from harness.errors import ConfigError, HarnessError
@@ -149,17 +149,17 @@ def changed_since_start(job: Path) -> str | None:
     recorded none (it never started, or started before the harness recorded them)."""
     saved = json.loads((job / JOB_FILE).read_text()) if (job / JOB_FILE).is_file() else {}
     recorded = saved.get("recorded")
-    if not recorded:
+    if not isinstance(recorded, dict):
         return None
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             today = compose("config", overrides=saved["overrides"])
-    except COMPOSITION_ERRORS as e:
+    except (*COMPOSITION_ERRORS, ValueError) as e:
         return f"conf/ no longer composes its overrides ({one_line(e)})"
     now = JobInfo.state(today)
-    changes = [f"{key.replace('_', ' ')} {recorded[key][:12]} -> {now[key][:12]}" for key in ("git_commit", "git_dirty")
-               if recorded[key] != now[key]]
-    if recorded["config_sha256"] != now["config_sha256"]:
+    changes = [f"{key.replace('_', ' ')} {str(recorded.get(key))[:12]} -> {now[key][:12]}"
+               for key in ("git_commit", "git_dirty") if recorded.get(key) != now[key]]
+    if recorded.get("config_sha256") != now["config_sha256"]:
         changes.insert(0, config_changes(job, today))
     return "; ".join(changes) or None
 

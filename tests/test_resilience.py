@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 SMALL = ["data=synthetic", "data.train_size=4608", "data.val_size=512", "data.test_size=256", "model.depth=8",
          "trainer.batch_size=32", "trainer.epochs=2", "trainer.log_every=8", "trainer.precision=fp32",
          "trainer.device=cpu", "probes.shift.images=32", "probes.shift.val_images=16"]
+QUICK = [*SMALL, "data.train_size=2560"]  # 64 steps an epoch
 LONG = ["data=synthetic", "trainer=smoke", "trainer.steps=100000"]  # stopped by the test
 
 
@@ -76,14 +77,22 @@ def weights(uri, run):
 # ---------------------------------------------------------------- resume
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    runs_dir = tmp_path_factory.mktemp("reference") / "runs"
-    result = run_cli("-m", *SMALL, runs_dir=runs_dir)
+def reference_run(runs_dir: Path, config: list):
+    result = run_cli("-m", *config, runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr
     uri = f"sqlite:///{runs_dir}/mlflow.db"
     client, (run,), _ = job_runs(uri)
     return uri, client, run
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return reference_run(tmp_path_factory.mktemp("reference") / "runs", SMALL)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_quick(tmp_path_factory):
+    return reference_run(tmp_path_factory.mktemp("reference_quick") / "runs", QUICK)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
@@ -125,11 +134,10 @@ def test_a_job_stopped_in_epoch_2_resumes_bit_identical(uninterrupted, runs_dir,
 
 
 def killed_in_epoch_2(runs_dir: Path, project: Path = PROJECT_ROOT) -> Path:
-    """A one-job SMALL sweep SIGKILLed after its epoch-1 checkpoint; its folder."""
-    process = launch("-m", *SMALL, runs_dir=runs_dir, project=project)
+    """A one-job QUICK sweep SIGKILLed as its epoch-1 checkpoint appears; its folder."""
+    process = launch("-m", *QUICK, runs_dir=runs_dir, project=project)
     checkpoints = lambda: list(runs_dir.glob("multirun/*/*/0/checkpoint.pt"))  # noqa: E731
     wait_for(lambda: checkpoints() or process.poll() is not None, timeout=300, what="the checkpoint of epoch 1")
-    time.sleep(1)
     process.kill()
     process.communicate(timeout=60)
     return checkpoints()[0].parents[1]
@@ -152,7 +160,8 @@ def test_a_second_resume_of_a_running_job_says_who_holds_it_and_touches_nothing(
     job = next(runs_dir.glob("hydra/*/*"))
     first = resume_in_background(job)
     # the job the first resume relaunched holds the folder (the killed attempt's held_by.txt is left over)
-    held = lambda: children(first.pid) and f"pid {children(first.pid)[0]} on " in (job / "held_by.txt").read_text()  # noqa: E731
+    def held():
+        return children(first.pid) and f"pid {children(first.pid)[0]} on " in (job / "held_by.txt").read_text()
     wait_for(held, what="the first resume's job to hold its folder")
     holder = (job / "held_by.txt").read_text()
 
@@ -176,8 +185,8 @@ def test_a_second_resume_of_a_running_job_says_who_holds_it_and_touches_nothing(
         assert steps == sorted(set(steps)), key  # every point once: one process trained it at a time
 
 
-def test_a_killed_resume_takes_its_job_with_it_and_the_next_finishes_it_bit_identical(uninterrupted, runs_dir):
-    ref_uri, ref_client, reference = uninterrupted
+def test_a_killed_resume_takes_its_job_with_it_and_the_next_finishes_it_bit_identical(uninterrupted_quick, runs_dir):
+    ref_uri, ref_client, reference = uninterrupted_quick
     sweep_dir = killed_in_epoch_2(runs_dir)
     resume = resume_in_background(sweep_dir)
     wait_for(resumed_training(sweep_dir / "0"), what="the resumed job training")
@@ -200,10 +209,10 @@ def test_a_killed_resume_takes_its_job_with_it_and_the_next_finishes_it_bit_iden
 
 
 def test_a_resume_after_conf_changed_is_refused_unless_allowed_then_trains_what_the_job_recorded(
-        uninterrupted, runs_dir, tmp_path):
+        uninterrupted_quick, runs_dir, tmp_path):
     """conf/ is edited in a copy of the project (harness/ and conf/, outside git): the
     checkout's own conf/ stays as it is."""
-    ref_uri, ref_client, reference = uninterrupted
+    ref_uri, ref_client, reference = uninterrupted_quick
     project = tmp_path / "project"
     for part in ("harness", "conf"):
         shutil.copytree(PROJECT_ROOT / part, project / part, ignore=shutil.ignore_patterns("__pycache__"))
