@@ -46,7 +46,7 @@ from harness.optim import build_optimizer, build_scheduler
 from harness.probes import Probes
 from harness.processes import IN_USE, InUse, die_with_parent, hold
 from harness.sweep import DONE, JOBS_FILE, expand_sweep, read_outcome, read_parent, stop_signal, write_outcome
-from harness.tracking import (STORE_ERRORS, JobRun, TrackingError, device_name, git_state, job_name,
+from harness.tracking import (STORE_ERRORS, JobRun, TrackingError, device_name, flatten, git_state, job_name,
                               open_experiment)
 from harness.train import Setup, train
 
@@ -105,10 +105,24 @@ class JobInfo:
     def state(cfg) -> dict:
         """What a job trains: a hash of its resolved config, and the checkout's git commit and
         dirty state (`unknown` outside git)."""
-        resolved = json.dumps(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), sort_keys=True)
         code = git_state(Path(cfg.paths.root))
-        return {"config_sha256": hashlib.sha256(resolved.encode()).hexdigest(), "git_commit": code["git_commit"],
+        return {"config_sha256": config_hash(cfg), "git_commit": code["git_commit"],
                 "git_dirty": code.get("git_dirty", "unknown")}
+
+    @staticmethod
+    def started_config(folder: Path, today):
+        """The config the job in `folder` started with (its .hydra/config.yaml), typed by today's
+        schema (`today`: its config composed now); ConfigError if today's conf/ cannot hold it."""
+        try:
+            saved = OmegaConf.load(folder / SAVED_CONFIG)
+            cfg = OmegaConf.merge(today, saved)
+        except (OSError, *COMPOSITION_ERRORS) as e:
+            raise ConfigError(f"{folder / SAVED_CONFIG} cannot be trained with today's conf/: "
+                              f"{getattr(e, 'strerror', None) or one_line(e)}") from None
+        if flatten(cfg).keys() != flatten(saved).keys():  # a key today's conf/ added is not the job's
+            raise ConfigError(f"{folder / SAVED_CONFIG} cannot be trained with today's conf/, which adds "
+                              "keys: resume with the conf/ the job started with")
+        return cfg
 
     def save(self, tracking) -> None:
         """`tracking`: the config's store, for harness.runs sync."""
@@ -116,6 +130,10 @@ class JobInfo:
             "sweep_dir": str(self.sweep_dir) if self.sweep_dir else None, "num": self.num,
             "overrides": self.overrides, "run_id": self.run_id, "uri": tracking.uri,
             "experiment": tracking.experiment, "recorded": self.recorded}))
+
+
+def config_hash(cfg) -> str:
+    return hashlib.sha256(json.dumps(plain(cfg), sort_keys=True).encode()).hexdigest()
 
 
 def main() -> None:
@@ -207,8 +225,8 @@ def run_job(cfg, job: JobInfo) -> str:
 
 
 def _run_held_job(cfg, job: JobInfo) -> str:
-    if changed := os.environ.pop(CHANGED_ENV, None):  # harness.runs resume --allow-changed
-        cfg, job.changed = OmegaConf.load(job.output_dir / SAVED_CONFIG), changed
+    if changed := os.environ.pop(CHANGED_ENV, None):  # harness.runs resume --allow-changed, which checked it
+        cfg, job.changed = JobInfo.started_config(job.output_dir, cfg), changed
         log.warning("resuming with the config it started with; changed since: %s", changed)
     job.recorded = job.recorded or JobInfo.state(cfg)
     outcome = "failed"

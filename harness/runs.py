@@ -140,6 +140,11 @@ def check_unchanged(jobs: list, allow_changed: bool) -> dict:
         others = f" (and {len(changes) - 1} more of its jobs)" if len(changes) > 1 else ""
         raise ConfigError(f"job {job} changed since it started: {what}{others}; not resumed (--allow-changed "
                           "resumes it anyway, training the config it started with)")
+    for job in changes:  # the resumed job trains its started config, typed by today's schema: check it can
+        try:
+            JobInfo.started_config(job, compose_today(json.loads((job / JOB_FILE).read_text())["overrides"]))
+        except ConfigError as e:
+            raise ConfigError(f"job {job} cannot be resumed even with --allow-changed: {e}") from None
     return changes
 
 
@@ -152,16 +157,24 @@ def changed_since_start(job: Path) -> str | None:
     if not isinstance(recorded, dict):
         return None
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            today = compose("config", overrides=saved["overrides"])
-    except (*COMPOSITION_ERRORS, ValueError) as e:
-        return f"conf/ no longer composes its overrides ({one_line(e)})"
+        today = compose_today(saved["overrides"])
+    except ConfigError as e:
+        return f"conf/ no longer composes its overrides ({e})"
     now = JobInfo.state(today)
     changes = [f"{key.replace('_', ' ')} {str(recorded.get(key))[:12]} -> {now[key][:12]}"
                for key in ("git_commit", "git_dirty") if recorded.get(key) != now[key]]
     if recorded.get("config_sha256") != now["config_sha256"]:
         changes.insert(0, config_changes(job, today))
     return "; ".join(changes) or None
+
+
+def compose_today(overrides: list):
+    """The config a relaunch with these overrides composes from today's conf/."""
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=overrides)
+    except (*COMPOSITION_ERRORS, ValueError) as e:
+        raise ConfigError(one_line(e)) from None
 
 
 def config_changes(job: Path, today) -> str:
