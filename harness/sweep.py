@@ -26,7 +26,7 @@ from harness import contract
 from harness.checkpoint import REPEAT_WINDOW_S, STOP_SIGNALS
 from harness.files import write_atomically
 from harness.launchers import record_jobs_without_result_as_killed, uses_submitit
-from harness.processes import IN_USE, InUse, hold, worker_children
+from harness.processes import worker_children
 from harness.tracking import (STORE_ERRORS, TrackingError, forget_interruption, git_state, open_experiment, redact,
                               this_process)
 
@@ -211,16 +211,8 @@ class SweepCallback(Callback):
     """
 
     sweep = None
-    holding = None
 
     def on_multirun_start(self, config, **kwargs):
-        self.holding = hold(Path(config.hydra.sweep.dir))  # for the sweep's life: a resume of it is refused
-        try:
-            Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
-            self.holding.__enter__()
-        except (InUse, OSError) as e:  # a folder someone resumes (hydra.sweep.dir=<that sweep>), or unwritable
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(IN_USE if isinstance(e, InUse) else 2) from None
         try:
             self.sweep = Sweep.start(config)
         except Exception as e:  # Hydra turns exceptions from callbacks into warnings: exit here
@@ -236,7 +228,6 @@ class SweepCallback(Callback):
         if self.sweep is None:
             return
         failed = self.sweep.end(completed=True)
-        self.holding.__exit__(None, None, None)
         if stopped := stop_signal(self.sweep.folder):
             raise SystemExit(128 + stopped)
         if failed:
