@@ -10,6 +10,7 @@ status still reports failures.
 """
 
 import contextlib
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -44,10 +45,10 @@ from harness.files import WriteError, reason, write_atomically
 from harness.models import count_parameters
 from harness.optim import build_optimizer, build_scheduler
 from harness.probes import Probes
-from harness.processes import die_with_parent
+from harness.processes import IN_USE, InUse, die_with_parent, hold
 from harness.sweep import DONE, JOBS_FILE, expand_sweep, read_outcome, read_parent, stop_signal, write_outcome
-from harness.tracking import (STORE_ERRORS, JobRun, TrackingError, device_name, from_the_store, job_name,
-                              open_experiment)
+from harness.tracking import (STORE_ERRORS, JobRun, TrackingError, device_name, flatten, from_the_store, git_state,
+                              job_name, open_experiment)
 from harness.train import Setup, train
 
 log = logging.getLogger("harness")
@@ -61,7 +62,9 @@ OmegaConf.register_new_resolver(
     "harness.stamp", lambda: time.strftime("%Y-%m-%d/%H-%M-%S-") + secrets.token_hex(3), use_cache=True, replace=True)
 
 
-JOB_FILE = "job.json"  # in the job folder: which sweep and job it is, and its MLflow run
+JOB_FILE = "job.json"  # in the job folder: which sweep and job it is, its MLflow run, what it started with
+SAVED_CONFIG = ".hydra/config.yaml"  # in the job folder: the config the job started with (a resume keeps it)
+CHANGED_ENV = "HARNESS_RESUME_CHANGED"  # set by `harness.runs resume --allow-changed`: what changed since
 
 
 @dataclass
@@ -70,7 +73,8 @@ class JobInfo:
     the config file chosen for each group, and its MLflow run once it has one.
 
     A job folder that already has a job.json is a job being resumed (harness.runs resume, or
-    a requeued cluster job): its sweep, number and run come from there."""
+    a requeued cluster job): its sweep, number and run come from there, and what it started
+    with (`recorded`: JobInfo.state), which the resume compares with today's."""
 
     output_dir: Path
     log_file: Path
@@ -79,6 +83,8 @@ class JobInfo:
     overrides: list
     choices: dict = field(default_factory=dict)
     run_id: str | None = None
+    recorded: dict | None = None
+    changed: str | None = None  # what changed since the job started, when it resumes anyway
 
     @classmethod
     def from_hydra(cls) -> "JobInfo":
@@ -93,14 +99,42 @@ class JobInfo:
             saved = json.loads((output_dir / JOB_FILE).read_text())
             job.sweep_dir = Path(saved["sweep_dir"]) if saved["sweep_dir"] else None
             job.num, job.overrides, job.run_id = saved["num"], saved["overrides"], saved["run_id"]
+            job.recorded = saved.get("recorded")
         return job
+
+    @staticmethod
+    def state(cfg) -> dict:
+        """What a job trains: a hash of its resolved config, and the checkout's git commit and
+        dirty state (`unknown` outside git)."""
+        code = git_state(Path(cfg.paths.root))
+        return {"config_sha256": config_hash(cfg), "git_commit": code["git_commit"],
+                "git_dirty": code.get("git_dirty", "unknown")}
+
+    @staticmethod
+    def started_config(folder: Path, today):
+        """The config the job in `folder` started with (its .hydra/config.yaml), typed by today's
+        schema (`today`: its config composed now); ConfigError if today's conf/ cannot hold it."""
+        try:
+            saved = OmegaConf.load(folder / SAVED_CONFIG)
+            cfg = OmegaConf.merge(today, saved)
+        except (OSError, *COMPOSITION_ERRORS) as e:
+            raise ConfigError(f"{folder / SAVED_CONFIG} cannot be trained with today's conf/: "
+                              f"{getattr(e, 'strerror', None) or one_line(e)}") from None
+        if flatten(cfg).keys() != flatten(saved).keys():  # a key today's conf/ added is not the job's
+            raise ConfigError(f"{folder / SAVED_CONFIG} cannot be trained with today's conf/, which adds "
+                              "keys: resume with the conf/ the job started with")
+        return cfg
 
     def save(self, tracking) -> None:
         """`tracking`: the config's store, for harness.runs sync."""
         write_atomically(self.output_dir / JOB_FILE, json.dumps({
             "sweep_dir": str(self.sweep_dir) if self.sweep_dir else None, "num": self.num,
             "overrides": self.overrides, "run_id": self.run_id, "uri": tracking.uri,
-            "experiment": tracking.experiment}))
+            "experiment": tracking.experiment, "recorded": self.recorded}))
+
+
+def config_hash(cfg) -> str:
+    return hashlib.sha256(json.dumps(plain(cfg), sort_keys=True).encode()).hexdigest()
 
 
 def main() -> None:
@@ -181,7 +215,21 @@ def check_runs_folder(cfg) -> None:
 def run_job(cfg, job: JobInfo) -> str:
     """Run one job; return its outcome ("finished", "diverged", "failed", "killed"), also
     written to its folder. A single run exits non-zero instead of returning a failure: 2 for a
-    bad value or dataset, 1 for other errors, 128 + N when signal N stopped it."""
+    bad value or dataset, 1 for other errors, 128 + N when signal N stopped it, 3 (IN_USE),
+    with nothing written, when another process runs the job (it holds the job folder)."""
+    try:
+        with hold(job.output_dir):
+            return _run_held_job(cfg, job)
+    except InUse as e:
+        log.error("error: %s", e)
+        raise SystemExit(IN_USE) from None
+
+
+def _run_held_job(cfg, job: JobInfo) -> str:
+    if changed := os.environ.pop(CHANGED_ENV, None):  # harness.runs resume --allow-changed, which checked it
+        cfg, job.changed = JobInfo.started_config(job.output_dir, cfg), changed
+        log.warning("resuming with the config it started with; changed since: %s", changed)
+    job.recorded = job.recorded or JobInfo.state(cfg)
     outcome = "failed"
     parent = os.getppid()
     try:
@@ -221,7 +269,8 @@ def _run_job(cfg, job: JobInfo) -> str:
                 raise
             run = _open_run(client, experiment_id, cfg, job, parent)
             run.set_tags({"device": device_name(setup.device), **setup.compute.describe(),
-                          "num_parameters": count_parameters(setup.model)})
+                          "num_parameters": count_parameters(setup.model),
+                          **({"resumed_with_changed_config": job.changed} if job.changed else {})})
             run.log_text(setup.probes.layer_table(), contract.LAYER_TABLE)
             checkpoints = Checkpoints(job.output_dir, cfg.trainer.checkpoint_every, run.run_id, stop)
             outcome = train(setup, cfg.trainer, run.metrics, checkpoints=checkpoints, label=_label(job, parent))

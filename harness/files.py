@@ -70,3 +70,16 @@ def append(path: Path, data: bytes) -> None:
         raise WriteError(path, e) from None
     finally:
         os.close(fd)
+
+
+def try_folder_lock(folder: Path) -> int | None:
+    """The exclusive lock on `folder` (the one folder_lock takes) if no other process holds it:
+    an open descriptor that keeps it until closed, or until this process ends however it ends;
+    None if another process holds it."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd

@@ -1,11 +1,18 @@
 """Processes as the harness needs to know them: is the process that made a run still alive,
-which children are a joblib sweep's workers, and making a worker die with its sweep (Linux's
-/proc and prctl; elsewhere these answer "unknown" or do nothing)."""
+which children are a joblib sweep's workers, making a worker die with its sweep (Linux's
+/proc and prctl; elsewhere these answer "unknown" or do nothing), and which one process may
+work in a job or sweep folder (hold)."""
 
+import contextlib
 import ctypes
 import os
 import signal
+import socket
+import time
 from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.files import try_folder_lock, write_atomically
 
 PR_SET_PDEATHSIG = 1
 
@@ -48,3 +55,46 @@ def die_with_parent(signum: int = signal.SIGTERM) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
     except (OSError, AttributeError):
         pass  # not Linux
+
+
+HOLDER_FILE = "held_by.txt"  # in a held folder: which process holds it, for the one that cannot
+IN_USE = 3  # the exit status of a job or a resume refused because another process holds the folder
+
+
+class InUse(HarnessError):
+    """Another process holds the folder (hold)."""
+
+
+@contextlib.contextmanager
+def hold(folder: Path):
+    """Be the only process working in `folder` for the block: one job trains in a job folder,
+    one resume works in a sweep folder. The lock is the folder's own (no lock file); the OS
+    releases it when this process ends, even by SIGKILL. Raises InUse naming the holder."""
+    for _ in range(3):  # holder() takes the lock for an instant to look: that is no holder
+        if (fd := try_folder_lock(folder)) is not None:
+            break
+        time.sleep(0.05)
+    else:
+        raise InUse(f"{folder} is in use by {holder(folder)}: it runs once at a time")
+    try:
+        try:
+            write_atomically(folder / HOLDER_FILE, f"pid {os.getpid()} on {socket.gethostname()} since "
+                                                   f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+        except OSError:
+            pass  # a full disk: the lock holds all the same, and the refused are told "another process"
+        yield
+    finally:
+        (folder / HOLDER_FILE).unlink(missing_ok=True)
+        os.close(fd)
+
+
+def holder(folder: Path) -> str | None:
+    """Who holds `folder` (hold): `pid N on HOST since TIME`; None if no process does."""
+    fd = try_folder_lock(folder)
+    if fd is not None:
+        os.close(fd)
+        return None
+    try:
+        return (folder / HOLDER_FILE).read_text().strip()[:200] or "another process"
+    except OSError:
+        return "another process"  # it has just taken the lock and not yet written its name

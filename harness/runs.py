@@ -1,13 +1,18 @@
 """`python -m harness.runs`: the runs of a store, after something went wrong.
 
-    python -m harness.runs resume SWEEP       # a sweep folder or id, or one job's folder
+    python -m harness.runs resume SWEEP [--allow-changed]  # a sweep folder or id, or one job's folder
     python -m harness.runs stale [--uri URI] [--fix]
     python -m harness.runs sync JOB_FOLDER
 
 resume: relaunches exactly the sweep's unfinished jobs (every job that did not finish or
 diverge, those that never started included), one at a time, with their original overrides
 and job numbers, into their own folders: each continues from its last checkpoint into its
-own MLflow run (or starts again if it had none), under the same parent run.
+own MLflow run (or starts again if it had none), under the same parent run. A job that
+another process still runs (it holds its folder) is not relaunched: one line, exit status 3.
+A job whose config, composed from today's conf/ with its overrides, or whose code (git
+commit, dirty state) differs from what it started with is not resumed either (exit status 2)
+unless --allow-changed: it then trains the config it started with (.hydra/config.yaml), and
+its run is tagged resumed_with_changed_config.
 
 stale: lists the RUNNING runs whose process is gone (from their host and pid tags, or for a job
 on a SLURM node from its state in squeue; a run elsewhere is "unknown"); with --fix ends them
@@ -21,6 +26,7 @@ job's run KILLED if its process is gone (resume continues it).
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import socket
@@ -28,12 +34,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
 from harness import contract
-from harness.app import JOB_FILE, PROJECT_ROOT
-from harness.errors import HarnessError
-from harness.processes import alive
+from harness.app import CHANGED_ENV, CONF_DIR, JOB_FILE, PROJECT_ROOT, SAVED_CONFIG, JobInfo
+from harness.config import COMPOSITION_ERRORS, one_line
+from harness.errors import ConfigError, HarnessError
+from harness.processes import IN_USE, InUse, alive, die_with_parent, hold, holder
 from harness.sweep import DONE, JOBS_FILE, PARENT_FILE, Sweep, read_outcome, stop_signal
-from harness.tracking import STORE_ERRORS, MetricBuffer, bound_http_retries, open_experiment, redact
+from harness.tracking import STORE_ERRORS, MetricBuffer, bound_http_retries, flatten, open_experiment, redact
 
 DEFAULT_RUNS = PROJECT_ROOT / "runs"
 
@@ -44,6 +54,8 @@ def main(argv=None) -> int:
     resume = commands.add_parser("resume", help="relaunch a sweep's (or a job's) unfinished jobs")
     resume.add_argument("target", help="a sweep folder, a sweep id (<date>/<time>-<id>) or a job folder")
     resume.add_argument("--runs", type=Path, default=DEFAULT_RUNS, help="where sweep ids are looked up")
+    resume.add_argument("--allow-changed", action="store_true",
+                        help="resume even if conf/ or the code changed since the job started: train what it recorded")
     stale = commands.add_parser("stale", help="RUNNING runs whose process is gone")
     stale.add_argument("--uri", default=f"sqlite:///{DEFAULT_RUNS}/mlflow.db")
     stale.add_argument("--fix", action="store_true", help="end them KILLED")
@@ -52,35 +64,46 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "resume":
-            return resume_target(args.target, args.runs)
+            return resume_target(args.target, args.runs, args.allow_changed)
         if args.command == "stale":
             return list_stale(args.uri, args.fix)
         return sync_job(args.job_folder)
     except (HarnessError, *STORE_ERRORS) as e:
         print(f"error: {redact(str(e).splitlines()[0])}", file=sys.stderr)
-        return 2 if isinstance(e, HarnessError) else 1
+        return IN_USE if isinstance(e, InUse) else 2 if isinstance(e, HarnessError) else 1
 
 
 # ---------------------------------------------------------------- resume
 
 
-def resume_target(target: str, runs: Path) -> int:
+def resume_target(target: str, runs: Path, allow_changed: bool = False) -> int:
     path = Path(target)
     if (path / PARENT_FILE).is_file():
-        return resume_sweep(path)
+        return resume_sweep(path, allow_changed)
     if (path / JOB_FILE).is_file():
-        status = relaunch(path, json.loads((path / JOB_FILE).read_text())["overrides"])
+        check_not_held([path])
+        changes = check_unchanged([path], allow_changed)
+        status = relaunch(path, json.loads((path / JOB_FILE).read_text())["overrides"], changes.get(path))
+        if status == IN_USE:  # another resume's job took the folder first
+            return status
         return 0 if read_outcome(path) in DONE else status or 1
     if (runs / "multirun" / target / PARENT_FILE).is_file():
-        return resume_sweep(runs / "multirun" / target)
+        return resume_sweep(runs / "multirun" / target, allow_changed)
     raise HarnessError(f"{target} is neither a sweep folder, a job folder with {JOB_FILE}, nor a sweep id "
                        f"under {runs / 'multirun'}")
 
 
-def resume_sweep(folder: Path) -> int:
-    jobs = json.loads((folder / JOBS_FILE).read_text())
-    todo = [(num, overrides) for num, overrides in enumerate(jobs) if read_outcome(folder / str(num)) not in DONE]
-    print(f"sweep {folder}: {len(jobs) - len(todo)} of {len(jobs)} jobs done, resuming {len(todo)}", flush=True)
+def resume_sweep(folder: Path, allow_changed: bool = False) -> int:
+    with hold(folder):  # one resume of a sweep at a time
+        jobs = json.loads((folder / JOBS_FILE).read_text())
+        todo = [(num, overrides) for num, overrides in enumerate(jobs) if read_outcome(folder / str(num)) not in DONE]
+        check_not_held([folder / str(num) for num, _ in todo])
+        changes = check_unchanged([folder / str(num) for num, _ in todo], allow_changed)
+        print(f"sweep {folder}: {len(jobs) - len(todo)} of {len(jobs)} jobs done, resuming {len(todo)}", flush=True)
+        return _resume_jobs(folder, todo, changes)
+
+
+def _resume_jobs(folder: Path, todo: list, changes: dict) -> int:
     sweep = Sweep.reopen(folder)
     for num, overrides in todo:
         job = folder / str(num)
@@ -88,7 +111,9 @@ def resume_sweep(folder: Path) -> int:
         if not (job / JOB_FILE).is_file():  # it never made a run: it starts again, in its sweep
             (job / JOB_FILE).write_text(json.dumps({"sweep_dir": str(folder), "num": num, "overrides": overrides,
                                                     "run_id": None}))
-        status = relaunch(job, overrides)
+        status = relaunch(job, overrides, changes.get(job))
+        if status == IN_USE:  # a job resumed on its own took the folder first: it is not this sweep's to end
+            return status
         if status >= 128 or stop_signal(folder):  # the resume was stopped too
             (folder / "stop").write_text(str(status - 128 if status >= 128 else stop_signal(folder)))
             break
@@ -98,12 +123,82 @@ def resume_sweep(folder: Path) -> int:
     return 1 if failed else 0
 
 
-def relaunch(job: Path, overrides: list) -> int:
+def check_not_held(jobs: list) -> None:
+    """Raise InUse if a process still runs one of these job folders (it holds the folder)."""
+    for job in jobs:
+        if job.is_dir() and (who := holder(job)):
+            raise InUse(f"job {job} is in use by {who}: it is still running, not resumed")
+
+
+def check_unchanged(jobs: list, allow_changed: bool) -> dict:
+    """What changed, for each job folder that recorded what it started with, between that and
+    what a resume would train now: {folder: "data.seed 0 -> 1; git commit abc -> def"}. Raise
+    ConfigError naming the first unless allow_changed."""
+    changes = {job: what for job in jobs if (what := changed_since_start(job))}
+    if changes and not allow_changed:
+        job, what = next(iter(changes.items()))
+        others = f" (and {len(changes) - 1} more of its jobs)" if len(changes) > 1 else ""
+        raise ConfigError(f"job {job} changed since it started: {what}{others}; not resumed (--allow-changed "
+                          "resumes it anyway, training the config it started with)")
+    for job in changes:  # the resumed job trains its started config, typed by today's schema: check it can
+        try:
+            JobInfo.started_config(job, compose_today(json.loads((job / JOB_FILE).read_text())["overrides"]))
+        except ConfigError as e:
+            raise ConfigError(f"job {job} cannot be resumed even with --allow-changed: {e}") from None
+    return changes
+
+
+def changed_since_start(job: Path) -> str | None:
+    """How today's config (conf/ composed with the job's overrides, as a relaunch composes it)
+    and code differ from those the job recorded when it started; None if they do not, or if it
+    recorded none (it never started, or started before the harness recorded them)."""
+    saved = json.loads((job / JOB_FILE).read_text()) if (job / JOB_FILE).is_file() else {}
+    recorded = saved.get("recorded")
+    if not isinstance(recorded, dict):
+        return None
+    try:
+        today = compose_today(saved["overrides"])
+    except ConfigError as e:
+        return f"conf/ no longer composes its overrides ({e})"
+    now = JobInfo.state(today)
+    changes = [f"{key.replace('_', ' ')} {str(recorded.get(key))[:12]} -> {now[key][:12]}"
+               for key in ("git_commit", "git_dirty") if recorded.get(key) != now[key]]
+    if recorded.get("config_sha256") != now["config_sha256"]:
+        changes.insert(0, config_changes(job, today))
+    return "; ".join(changes) or None
+
+
+def compose_today(overrides: list):
+    """The config a relaunch with these overrides composes from today's conf/."""
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=overrides)
+    except (*COMPOSITION_ERRORS, ValueError) as e:
+        raise ConfigError(one_line(e)) from None
+
+
+def config_changes(job: Path, today) -> str:
+    """The config values that differ between the job's saved config and today's: `data.seed 0 -> 1`."""
+    try:
+        before, after = flatten(OmegaConf.load(job / SAVED_CONFIG)), flatten(today)
+    except (OSError, *COMPOSITION_ERRORS):
+        return "its config (its saved copy cannot be read to say where)"
+    differ = [f"{key} {before.get(key, '(none)')} -> {after.get(key, '(none)')}"
+              for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)]
+    return ", ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "") or "its config"
+
+
+def relaunch(job: Path, overrides: list, changed: str | None = None) -> int:
     """The job again, as a single Hydra run into its own folder (its job.json says which sweep,
-    number and run it is). SIGTERM and SIGINT to this process are passed on to it."""
+    number and run it is), keeping the config Hydra saved there when it started. SIGTERM and
+    SIGINT to this process are passed on to it; if this process dies, the kernel sends it
+    SIGTERM (it checkpoints and stops: no orphan trains on). `changed`: what changed since the
+    job started, when it resumes anyway (--allow-changed): it then trains its saved config."""
     print(f"job {job}: {' '.join(redact(o) for o in overrides)}", flush=True)
-    command = [sys.executable, "-m", "harness", *overrides, f"hydra.run.dir={job}"]
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT)
+    keep_saved = ["hydra.output_subdir=null"] if (job / SAVED_CONFIG).is_file() else []
+    command = [sys.executable, "-m", "harness", *overrides, f"hydra.run.dir={job}", *keep_saved]
+    env = {**os.environ, **({CHANGED_ENV: changed} if changed else {})}
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, preexec_fn=die_with_parent)
     forward = lambda signum, frame: process.send_signal(signum)  # noqa: E731
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,19 +24,25 @@ pytestmark = pytest.mark.slow
 SMALL = ["data=synthetic", "data.train_size=4608", "data.val_size=512", "data.test_size=256", "model.depth=8",
          "trainer.batch_size=32", "trainer.epochs=2", "trainer.log_every=8", "trainer.precision=fp32",
          "trainer.device=cpu", "probes.shift.images=32", "probes.shift.val_images=16"]
+QUICK = [*SMALL, "data.train_size=2560"]  # 64 steps an epoch
 LONG = ["data=synthetic", "trainer=smoke", "trainer.steps=100000"]  # stopped by the test
 
 
-def launch(*args, runs_dir: Path, uri: str | None = None, new_session=False):
+def launch(*args, runs_dir: Path, uri: str | None = None, new_session=False, project: Path = PROJECT_ROOT):
+    """`python -m harness ARGS` in the background; `project`: another copy of the project to run."""
     uri = uri or local_store(runs_dir)
     command = [sys.executable, "-m", "harness", *args, f"paths.runs={runs_dir}", f"tracking.uri={uri}"]
-    return subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=new_session)
+    return subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=new_session, env=in_project(project))
 
 
-def harness_runs(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "harness.runs", *args], cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+def harness_runs(*args, timeout=600, project: Path = PROJECT_ROOT):
+    return subprocess.run([sys.executable, "-m", "harness.runs", *args], cwd=project, capture_output=True,
+                          text=True, timeout=timeout, env=in_project(project))
+
+
+def in_project(project: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(project)} if project != PROJECT_ROOT else dict(os.environ)
 
 
 def wait_for(condition, timeout=120, what="the condition"):
@@ -70,14 +77,22 @@ def weights(uri, run):
 # ---------------------------------------------------------------- resume
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    runs_dir = tmp_path_factory.mktemp("reference") / "runs"
-    result = run_cli("-m", *SMALL, runs_dir=runs_dir)
+def reference_run(runs_dir: Path, config: list):
+    result = run_cli("-m", *config, runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr
     uri = f"sqlite:///{runs_dir}/mlflow.db"
     client, (run,), _ = job_runs(uri)
     return uri, client, run
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return reference_run(tmp_path_factory.mktemp("reference") / "runs", SMALL)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_quick(tmp_path_factory):
+    return reference_run(tmp_path_factory.mktemp("reference_quick") / "runs", QUICK)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
@@ -113,6 +128,118 @@ def test_a_job_stopped_in_epoch_2_resumes_bit_identical(uninterrupted, runs_dir,
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert histories(client, run) == histories(ref_client, reference)
     assert not (sweep_dir / "0" / "checkpoint.pt").exists()  # a finished job keeps none
+
+
+# ---------------------------------------------------------------- one job runs once, and trains what it recorded
+
+
+def killed_in_epoch_2(runs_dir: Path, project: Path = PROJECT_ROOT) -> Path:
+    """A one-job QUICK sweep SIGKILLed as its epoch-1 checkpoint appears; its folder."""
+    process = launch("-m", *QUICK, runs_dir=runs_dir, project=project)
+    checkpoints = lambda: list(runs_dir.glob("multirun/*/*/0/checkpoint.pt"))  # noqa: E731
+    wait_for(lambda: checkpoints() or process.poll() is not None, timeout=300, what="the checkpoint of epoch 1")
+    process.kill()
+    process.communicate(timeout=60)
+    return checkpoints()[0].parents[1]
+
+
+def resume_in_background(target: Path):
+    command = [sys.executable, "-m", "harness.runs", "resume", str(target)]
+    return subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def resumed_training(job: Path):
+    return lambda: (job / "harness.log").is_file() and "resuming at step" in (job / "harness.log").read_text()
+
+
+def test_a_second_resume_of_a_running_job_says_who_holds_it_and_touches_nothing(runs_dir):
+    process = launch(*LONG, "model.depth=8", runs_dir=runs_dir)
+    wait_for(training(runs_dir, 1), what="training")
+    process.kill()
+    process.communicate(timeout=60)
+    job = next(runs_dir.glob("hydra/*/*"))
+    first = resume_in_background(job)
+    # the job the first resume relaunched holds the folder (the killed attempt's held_by.txt is left over)
+    def held():
+        return children(first.pid) and f"pid {children(first.pid)[0]} on " in (job / "held_by.txt").read_text()
+    wait_for(held, what="the first resume's job to hold its folder")
+    holder = (job / "held_by.txt").read_text()
+
+    second = harness_runs("resume", str(job), timeout=120)
+    assert second.returncode == 3 and second.stdout == "", second.stdout + second.stderr
+    assert second.stderr.splitlines() == [f"error: job {job} is in use by {holder}: it is still running, not resumed"]
+    # the job started again as the resume starts it (a rerun, a requeue) stops before it writes anything
+    overrides = json.loads((job / "job.json").read_text())["overrides"]
+    again = subprocess.run([sys.executable, "-m", "harness", *overrides, f"hydra.run.dir={job}",
+                            "hydra.output_subdir=null"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 3 and f"is in use by {holder}" in again.stderr, again.stderr
+    assert not (job / "outcome.txt").exists()
+
+    first.send_signal(signal.SIGTERM)
+    output = first.communicate(timeout=120)[0]
+    assert first.returncode == 128 + signal.SIGTERM, output
+    client, (run,), _ = job_runs(local_store(runs_dir))
+    assert run.info.status == "KILLED" and not (job / "held_by.txt").exists()
+    for key, points in histories(client, run).items():
+        steps = [step for step, _ in points]
+        assert steps == sorted(set(steps)), key  # every point once: one process trained it at a time
+
+
+def test_a_killed_resume_takes_its_job_with_it_and_the_next_finishes_it_bit_identical(uninterrupted_quick, runs_dir):
+    ref_uri, ref_client, reference = uninterrupted_quick
+    sweep_dir = killed_in_epoch_2(runs_dir)
+    resume = resume_in_background(sweep_dir)
+    wait_for(resumed_training(sweep_dir / "0"), what="the resumed job training")
+    (job_process,) = children(resume.pid)
+    resume.kill()
+    resume.communicate(timeout=120)  # its output closes once the job has stopped too
+    wait_for(lambda: gone(job_process), timeout=60, what="the job to stop")
+    assert "stopped by SIGTERM at a step boundary" in (sweep_dir / "0" / "harness.log").read_text()
+    uri = local_store(runs_dir)
+    _, (run,), _ = job_runs(uri)
+    assert (run.info.status, run.data.tags["outcome"]) == ("KILLED", "killed")
+
+    resumed = harness_runs("resume", str(sweep_dir))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    client, (run,), (parent,) = job_runs(uri)
+    assert run.info.status == "FINISHED" and parent.info.status == "FINISHED"
+    mine, theirs = weights(uri, run), weights(ref_uri, reference)
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert histories(client, run) == histories(ref_client, reference)
+
+
+def test_a_resume_after_conf_changed_is_refused_unless_allowed_then_trains_what_the_job_recorded(
+        uninterrupted_quick, runs_dir, tmp_path):
+    """conf/ is edited in a copy of the project (harness/ and conf/, outside git): the
+    checkout's own conf/ stays as it is."""
+    ref_uri, ref_client, reference = uninterrupted_quick
+    project = tmp_path / "project"
+    for part in ("harness", "conf"):
+        shutil.copytree(PROJECT_ROOT / part, project / part, ignore=shutil.ignore_patterns("__pycache__"))
+    sweep_dir = killed_in_epoch_2(runs_dir, project)
+    synthetic = project / "conf" / "data" / "synthetic.yaml"
+    synthetic.write_text(synthetic.read_text().replace("\nseed: 0 ", "\nseed: 1 "))
+    uri = local_store(runs_dir)
+    _, (before,), (parent,) = job_runs(uri)
+    checkpoint = (sweep_dir / "0" / "checkpoint.pt").read_bytes()
+
+    refused = harness_runs("resume", str(sweep_dir), project=project)
+    assert refused.returncode == 2 and refused.stdout == "", refused.stdout + refused.stderr
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith(f"error: job {sweep_dir / '0'} changed since it started: data.seed 0 -> 1;")
+    assert "--allow-changed" in line
+    _, (run,), (parent_now,) = job_runs(uri)
+    assert (run.info.status, run.data.tags, parent_now.info.status) == ("RUNNING", before.data.tags, "RUNNING")
+    assert (sweep_dir / "0" / "checkpoint.pt").read_bytes() == checkpoint
+
+    allowed = harness_runs("resume", "--allow-changed", str(sweep_dir), project=project)
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    client, (run,), (parent,) = job_runs(uri)
+    assert run.info.status == "FINISHED" and parent.info.status == "FINISHED"
+    assert run.data.tags["resumed_with_changed_config"] == "data.seed 0 -> 1" and run.data.params["data.seed"] == "0"
+    mine, theirs = weights(uri, run), weights(ref_uri, reference)  # the recorded data.seed=0, bit for bit
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert histories(client, run) == histories(ref_client, reference)
 
 
 # ---------------------------------------------------------------- signals
