@@ -111,18 +111,24 @@ def _decode(files: dict, classes: list):
     for label, name in enumerate(classes):
         for path in files.get(name, []):
             try:
-                # O_NONBLOCK: a FIFO swapped in since the listing fails to read instead of waiting for a writer
-                with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f, warnings.catch_warnings():
+                with open(path, "rb", opener=_nonblocking) as f, warnings.catch_warnings():
                     warnings.simplefilter("error", Image.DecompressionBombWarning)
                     with Image.open(f) as im:
                         _check_size(path, im.size, size)  # from the header: nothing decoded yet
                         size = im.size
                         array = np.asarray(im.convert("L" if im.mode in GRAYSCALE_MODES else "RGB"))
+            except Image.UnidentifiedImageError:
+                raise DataError(f"{path} is not an image Pillow can read (png, jpg, bmp): replace it") from None
             except (OSError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
                 raise DataError(f"cannot decode image {path}: {e}") from None
             images.append(array)
             labels.append(label)
     return images, np.asarray(labels, dtype=np.int64)
+
+
+def _nonblocking(path, flags):
+    """A FIFO swapped in since the listing then fails to read instead of waiting for a writer."""
+    return os.open(path, flags | os.O_NONBLOCK)
 
 
 def _check_size(path: Path, size: tuple, first: tuple | None) -> None:
