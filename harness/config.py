@@ -267,7 +267,7 @@ def validate(cfg, image_size: int | None = None, train_images: int | None = None
     _check_sizes(cfg, train_images or declared_train_images(cfg.data))
     _check_seeds(cfg)
     check_store(cfg)
-    _check_strings(cfg)
+    _check_values(cfg)
 
 
 def declared_image_size(cfg_data) -> int | None:
@@ -316,7 +316,7 @@ def _refuse(key: str, value, allowed: str):
 
 
 def _at_least(node, key, minimum, allowed=None):
-    if not node[key] >= minimum:  # nan too
+    if not minimum <= node[key] < math.inf:  # nan and inf too
         _fail(node, key, allowed or f"must be at least {minimum}")
 
 
@@ -342,6 +342,10 @@ def _check_known_keys(node):
             _check_known_keys(node[key])
 
 
+MAX_DEPTH = 1202
+MAX_WIDTH = 64  # 1,024 filters in the first stage, 4,096 in the last: far wider than any CIFAR study
+
+
 def _check_model(m):
     if OmegaConf.get_type(m) is not ResNetConfig:
         return  # another model family: its constructor checks its arguments (see make_model)
@@ -349,8 +353,11 @@ def _check_model(m):
         blocks_per_stage(m.depth)
     except ValueError:
         _fail(m, "depth", "is not a CIFAR ResNet depth: use 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)")
-    if not (0 < m.width < math.inf) or round(16 * m.width) < 1:
-        _fail(m, "width", "must be a positive number with at least 1 filter in the first stage (width >= 0.04)")
+    if m.depth > MAX_DEPTH:
+        _fail(m, "depth", f"is deeper than {MAX_DEPTH}, the deepest CIFAR ResNet of He et al. (2016)")
+    if not (0 < m.width <= MAX_WIDTH) or round(16 * m.width) < 1:
+        _fail(m, "width", f"must be a positive number with at least 1 filter in the first stage (width >= 0.04) "
+                          f"and at most {16 * MAX_WIDTH:,} (width <= {MAX_WIDTH})")
     if m.init == Init.fixup and not m.residual:
         _fail(m, "init", "needs model.residual=true (Fixup zero-initialises residual branches)")
     for key in ("dropout", "block_dropout"):
@@ -403,7 +410,7 @@ def _check_augment(a, image_size):
 
 
 def _check_optim(o):
-    if "lr" not in o or not o.lr > 0:
+    if "lr" not in o or not 0 < o.lr < math.inf:
         raise ConfigError(f"optim.lr={o.get('lr')!r} must be a positive number")
     _at_least(o, "weight_decay", 0)
     for key in ("momentum", "eps", "alpha"):
@@ -529,15 +536,20 @@ def check_store(cfg):
                         "(MLflow >= 3.13 refuses the ./mlruns file store)")
     if t.uri.startswith("sqlite:") and any(c in t.uri for c in URI_BREAKERS):
         _fail(t, "uri", "must name the store's file without ? or %: sqlite:////abs/path/mlflow.db")
+    if not str(cfg.paths.data).strip():
+        _fail(cfg.paths, "data", "must be a folder (downloads and decoded-image caches go there)")
     if not 0 < len(t.experiment) <= MLFLOW_EXPERIMENT_NAME:
         _fail(t, "experiment", f"must be a name of 1 to {MLFLOW_EXPERIMENT_NAME} characters (MLflow's limit)")
-    if not 0 < t.timeout < math.inf:
-        _fail(t, "timeout", "must be a positive number of seconds")
+    if not 0 < t.timeout <= 86400:
+        _fail(t, "timeout", "must be a positive number of seconds, at most 86400 (a day)")
 
 
-def _check_strings(cfg):
-    """Every value is logged as an MLflow parameter and may appear in a one-line message."""
+def _check_values(cfg):
+    """Every value is logged as an MLflow parameter and may appear in a one-line message; every
+    integer reaches torch or MLflow as a 64-bit one (seeds: _check_seeds)."""
     for key, value in _leaves(plain(cfg)):
+        if isinstance(value, int) and key not in SEEDS and not -2**63 <= value < 2**63:
+            _refuse(key, value, "does not fit in 64 bits: use an integer below 2**63")
         if not isinstance(value, str):
             continue
         if not value.isprintable():

@@ -51,6 +51,13 @@ BAD_VALUES = [
      "data.train_size=100000000000 is more 32-pixel images than the harness generates: at most 262,144"),
     (["data=synthetic", "data.image_size=256", "data.test_size=5000"],
      "data.test_size=5000 is more 256-pixel images than the harness generates: at most 4,096"),
+    (["model.depth=1208"], "model.depth=1208 is deeper than 1202, the deepest CIFAR ResNet of He et al."),
+    (["model.width=1e308"], "model.width=1e+308 must be a positive number with at least 1 filter"),
+    (["optim.lr=inf"], "optim.lr=inf must be a positive number"),
+    (["tracking.timeout=1e308"], "tracking.timeout=1e+308 must be a positive number of seconds, at most 86400"),
+    (["trainer.log_every=100000000000000000000"], "trainer.log_every=100000000000000000000 does not fit in 64 bits"),
+    (["probes.shift.images=9223372036854775808"], "probes.shift.images=9223372036854775808 does not fit in 64 bits"),
+    (["paths.data="], "paths.data='' must be a folder"),
     (["-m", "model.depth=8,14", "tracking.experiment=" + "y" * 600], "(600 characters) must be a name of 1 to 500"),
     (["-m", "model.depth=8,14", "paths.runs={tmp}/a?b"], "paths.runs='{tmp}/a?b' must be a folder without ?"),
 ]
