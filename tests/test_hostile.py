@@ -118,6 +118,8 @@ BAD_FOLDERS = [
     (lambda r: (r / "train/cat/9.png").mkdir(), 2, "train/cat/9.png is a folder, not an image file"),
     (lambda r: outside_link(r, r / "train/cat/9.png"), 2, "train/cat/9.png links to"),
     (lambda r: (r / "train/dog/9.png").symlink_to(r / "missing.png"), 2, "9.png is unreadable (No such file"),
+    (lambda r: [(r / "train/cat/9.png").symlink_to("8.png"), (r / "train/cat/8.png").symlink_to("9.png")], 2,
+     "8.png is unreadable (Too many levels of symbolic links)"),
     (lambda r: (r / "train/cat/9.png").write_bytes(b""), 2, "train/cat/9.png is not an image Pillow can read"),
     (lambda r: (r / "train/dog/9.png").write_text("text"), 2, "train/dog/9.png is not an image Pillow can read"),
     (lambda r: truncated_jpeg(r / "test/dog/9.jpg"), 2, "cannot decode image {root}/test/dog/9.jpg: Truncated"),

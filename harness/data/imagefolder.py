@@ -37,7 +37,7 @@ class ImageFolder(DataSource):
 
     def __init__(self, root: str, cache_dir: str, val_size: float = 0.1, **split):
         super().__init__(val_size, **split)
-        self.root, self.cache_dir = Path(root).expanduser().resolve(), Path(cache_dir)
+        self.root, self.cache_dir = Path(os.path.realpath(Path(root).expanduser())), Path(cache_dir)
 
     def read(self):
         return read_imagefolder(self.root, self.cache_dir)
@@ -82,7 +82,7 @@ def _list_split(root: Path, split: str) -> dict:
 
 def _image_file(root: Path, path: Path) -> Path:
     """`path` if it is a regular file inside root, after following any symlink."""
-    real = path.resolve()
+    real = Path(os.path.realpath(path))  # a symlink loop too: its stat then says so
     if not real.is_relative_to(root):
         raise DataError(f"{path} links to {real}, outside data.root={root}: copy the image into the folder")
     kind = _kind(real)
