@@ -37,8 +37,8 @@ from harness.batches import Normalise, TrainBatches
 from harness.checkpoint import Checkpoints, Interrupted, StopRequests, in_submitit_job
 from harness.compute import apply as apply_compute
 from harness.compute import compile_model, resolve_compute
-from harness.config import (COMPOSITION_ERRORS, load_data, make_model, make_schedule, one_line, optimizer_factory,
-                            plain, validate)
+from harness.config import (COMPOSITION_ERRORS, check_store, load_data, make_model, make_schedule, one_line,
+                            optimizer_factory, plain, validate)
 from harness.data import Splits
 from harness.errors import ConfigError, HarnessError
 from harness.files import WriteError, reason, write_atomically
@@ -201,6 +201,7 @@ def sweep_jobs(config_name: str, overrides: list) -> list:
 
 def check_runs_folder(cfg) -> None:
     """paths.runs must be a folder this process can write: Hydra would fail there with a traceback."""
+    check_store(cfg)  # a sweep's jobs are validated only as they run: its store is checked here
     if not str(cfg.paths.runs).strip():
         raise ConfigError("paths.runs='' must be a folder")
     runs = Path(cfg.paths.runs)

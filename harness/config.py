@@ -11,6 +11,7 @@ Model, data, optimiser and schedule nodes carry `_target_` and are built with
 """
 
 import math
+import os
 import urllib.parse
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -264,7 +265,9 @@ def validate(cfg, image_size: int | None = None, train_images: int | None = None
     _check_probes(cfg.probes, image_size)
     _check_trainer(cfg.trainer)
     _check_sizes(cfg, train_images or declared_train_images(cfg.data))
-    _check_tracking(cfg.tracking)
+    _check_seeds(cfg)
+    check_store(cfg)
+    _check_values(cfg)
 
 
 def declared_image_size(cfg_data) -> int | None:
@@ -302,12 +305,18 @@ def _target(node):
 def _fail(node, key: str, allowed: str):
     value = node[key]
     shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-    shown = shown.value if isinstance(shown, Enum) else shown
-    raise ConfigError(f"{node._get_full_key(key)}={shown!r} {allowed}")
+    _refuse(node._get_full_key(key), shown.value if isinstance(shown, Enum) else shown, allowed)
+
+
+def _refuse(key: str, value, allowed: str):
+    shown = repr(value)
+    if len(shown) > 100:  # the line names the value; a long one by its start and length
+        shown = f"{shown[:60]}...' ({len(value):,} characters)" if isinstance(value, str) else shown[:100] + "..."
+    raise ConfigError(f"{key}={shown} {allowed}")
 
 
 def _at_least(node, key, minimum, allowed=None):
-    if node[key] < minimum:
+    if not minimum <= node[key] < math.inf:  # nan and inf too
         _fail(node, key, allowed or f"must be at least {minimum}")
 
 
@@ -333,6 +342,10 @@ def _check_known_keys(node):
             _check_known_keys(node[key])
 
 
+MAX_DEPTH = 1202
+MAX_WIDTH = 64  # 1,024 filters in the first stage, 4,096 in the last: far wider than any CIFAR study
+
+
 def _check_model(m):
     if OmegaConf.get_type(m) is not ResNetConfig:
         return  # another model family: its constructor checks its arguments (see make_model)
@@ -340,8 +353,11 @@ def _check_model(m):
         blocks_per_stage(m.depth)
     except ValueError:
         _fail(m, "depth", "is not a CIFAR ResNet depth: use 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)")
-    if not m.width > 0 or round(16 * m.width) < 1:
-        _fail(m, "width", "must be a positive number with at least 1 filter in the first stage (width >= 0.04)")
+    if m.depth > MAX_DEPTH:
+        _fail(m, "depth", f"is deeper than {MAX_DEPTH}, the deepest CIFAR ResNet of He et al. (2016)")
+    if not (0 < m.width <= MAX_WIDTH) or round(16 * m.width) < 1:
+        _fail(m, "width", f"must be a positive number with at least 1 filter in the first stage (width >= 0.04) "
+                          f"and at most {16 * MAX_WIDTH:,} (width <= {MAX_WIDTH})")
     if m.init == Init.fixup and not m.residual:
         _fail(m, "init", "needs model.residual=true (Fixup zero-initialises residual branches)")
     for key in ("dropout", "block_dropout"):
@@ -349,17 +365,15 @@ def _check_model(m):
 
 
 def _check_data(d):
-    if d.val_size < 0 or (d.val_size >= 1 and d.val_size != int(d.val_size)):
+    if not (0 <= d.val_size < math.inf) or (d.val_size >= 1 and d.val_size != int(d.val_size)):
         _fail(d, "val_size", "must be a count of training images or a fraction in (0, 1)")
     if "image_size" in d and not 12 <= d.image_size <= 256:
         _fail(d, "image_size", "must be between 12 and 256 pixels")
     _at_least(d, "train_subset", 0)
-    for key in ("split_seed", "seed"):
-        if key in d:
-            _at_least(d, key, 0, "must be a non-negative integer")
     for key in ("train_size", "test_size"):
         if key in d:
             _at_least(d, key, 1)
+            _generated_pixels(d, key)
     if "num_classes" in d and not 2 <= d.num_classes <= 8:
         _fail(d, "num_classes", "must be between 2 and 8 (the generated shapes)")
     if "train_size" in d and d.val_size >= 1 and d.val_size >= d.train_size:
@@ -372,6 +386,15 @@ def _check_data(d):
         _fail(d, "md5", "must be 32 hexadecimal digits")
     if "root" in d and not d.root:
         _fail(d, "root", "is not set: data=imagefolder needs data.root=DIR with train/<class>/ and test/<class>/")
+
+
+GENERATED_PIXELS = 2**28  # per split: 4096 images of 256 pixels, ~10 GB at the generator's peak (~37 bytes a pixel)
+
+
+def _generated_pixels(d, key):
+    most = GENERATED_PIXELS // d.image_size**2
+    if d[key] > most:
+        _fail(d, key, f"is more {d.image_size}-pixel images than the harness generates: at most {most:,}")
 
 
 def _check_augment(a, image_size):
@@ -387,7 +410,7 @@ def _check_augment(a, image_size):
 
 
 def _check_optim(o):
-    if "lr" not in o or not o.lr > 0:
+    if "lr" not in o or not 0 < o.lr < math.inf:
         raise ConfigError(f"optim.lr={o.get('lr')!r} must be a positive number")
     _at_least(o, "weight_decay", 0)
     for key in ("momentum", "eps", "alpha"):
@@ -470,8 +493,9 @@ def _check_trainer(t):
         _at_least(t, "steps", 1, "must be a positive integer (or null: train trainer.epochs)")
     if str(t.compile).lower() not in COMPILE_CHOICES:
         _fail(t, "compile", f"is not one of {', '.join(COMPILE_CHOICES)}")
-    if not (t.threads == "auto" or (t.threads.isdigit() and int(t.threads) > 0)):
-        _fail(t, "threads", "must be auto or a positive integer")
+    cpus = os.cpu_count() or 1
+    if not (t.threads == "auto" or (t.threads.isdigit() and 0 < int(t.threads) <= cpus)):
+        _fail(t, "threads", f"must be auto or a positive integer up to this machine's {cpus} CPUs")
     try:
         device = torch.device(t.device) if t.device != "auto" else None
     except (RuntimeError, TypeError):
@@ -480,16 +504,67 @@ def _check_trainer(t):
         _fail(t, "device", "is not a device: use auto, cpu or cuda[:N]")
     if device is not None and device.type == "cuda" and not torch.cuda.is_available():
         _fail(t, "device", "but no CUDA device is available: use auto or cpu")
+    if device is not None and device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        _fail(t, "device", f"but this machine has {torch.cuda.device_count()} CUDA devices: use auto or "
+                           f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
 
 
-def _check_tracking(t):
+SEEDS = ("trainer.seed", "data.split_seed", "data.seed", "probes.shift.seed")
+URI_BREAKERS = "?%"  # a query, a %-escape: in a sqlite:// URI each moves the store elsewhere
+MLFLOW_EXPERIMENT_NAME = 500  # MLflow's longest experiment name
+MLFLOW_PARAM_VALUE = 6000  # MLflow's longest parameter value: every config value is logged as one
+
+
+def _check_seeds(cfg):
+    """Each seed reaches a torch generator, which takes no integer of 2**64 or more."""
+    for key in SEEDS:
+        group, _, name = key.rpartition(".")
+        node = OmegaConf.select(cfg, group)
+        if node is not None and name in node and not 0 <= node[name] < 2**64:
+            _fail(node, name, "must be a non-negative integer below 2**64 (what torch's generators take)")
+
+
+def check_store(cfg):
+    """The runs folder, the store and the experiment: each refused before anything is written."""
+    runs = str(cfg.paths.runs)
+    if any(c in runs for c in URI_BREAKERS) or not runs.isprintable():
+        _fail(cfg.paths, "runs", "must be a folder without ? or % (they break the store's sqlite:// URI) "
+                                 "or control characters")
+    t = cfg.tracking
     if not t.uri.startswith(("sqlite:////", "http://", "https://")):
         _fail(t, "uri", "is not supported: use sqlite:////abs/path/mlflow.db or http://HOST:PORT "
                         "(MLflow >= 3.13 refuses the ./mlruns file store)")
-    if not t.experiment:
-        _fail(t, "experiment", "must be a name")
-    if not t.timeout > 0:
-        _fail(t, "timeout", "must be a positive number of seconds")
+    if t.uri.startswith("sqlite:") and any(c in t.uri for c in URI_BREAKERS):
+        _fail(t, "uri", "must name the store's file without ? or %: sqlite:////abs/path/mlflow.db")
+    if not str(cfg.paths.data).strip():
+        _fail(cfg.paths, "data", "must be a folder (downloads and decoded-image caches go there)")
+    if not 0 < len(t.experiment) <= MLFLOW_EXPERIMENT_NAME:
+        _fail(t, "experiment", f"must be a name of 1 to {MLFLOW_EXPERIMENT_NAME} characters (MLflow's limit)")
+    if not 0 < t.timeout <= 86400:
+        _fail(t, "timeout", "must be a positive number of seconds, at most 86400 (a day)")
+
+
+def _check_values(cfg):
+    """Every value is logged as an MLflow parameter and may appear in a one-line message; every
+    integer reaches torch or MLflow as a 64-bit one (seeds: _check_seeds)."""
+    for key, value in _leaves(plain(cfg)):
+        if isinstance(value, int) and key not in SEEDS and not -2**63 <= value < 2**63:
+            _refuse(key, value, "does not fit in 64 bits: use an integer below 2**63")
+        if not isinstance(value, str):
+            continue
+        if not value.isprintable():
+            control = next(c for c in value if not c.isprintable())
+            _refuse(key, value, f"has a control character ({control!r}): use printable characters only")
+        if len(value) > MLFLOW_PARAM_VALUE:
+            _refuse(key, value, f"is longer than the {MLFLOW_PARAM_VALUE} characters MLflow keeps of a parameter")
+
+
+def _leaves(tree, prefix=""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 # ---------------------------------------------------------------- composition errors in one line
@@ -513,11 +588,17 @@ def one_line(error: Exception) -> str:
     first = str(error).strip().splitlines()
     text = first[0] if first else type(error).__name__
     if isinstance(error, OverrideParseException):  # the override's syntax: name it, and the grammar
-        return f"{error.override}: {text} (override grammar: https://hydra.cc/docs/advanced/override_grammar/basic/)"
+        return (f"{_escaped(error.override)}: {text} "
+                "(override grammar: https://hydra.cc/docs/advanced/override_grammar/basic/)")
     append = next((line for line in first if "To append to your" in line), None)
     if append:  # `experiment=x` where `+experiment=x` was meant
         return f"{text} {append.strip()}"
     return text
+
+
+def _escaped(text: str) -> str:
+    """A newline or tab typed into an override, shown as \\n or \\t: the message stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _key_hint(cause) -> str:

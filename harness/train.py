@@ -188,7 +188,7 @@ def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext, checkpoi
 
 def _probe(progress, probes, prefix, split, step, x, y, normalise, eval_batch, mixed, metrics):
     """The invariance probes on a split, announced: they can take longer than the evaluation."""
-    plan = probes.plan(split)
+    plan = probes.plan(split, len(y))
     if plan:
         with progress.phase(f"{prefix}{plan}"):
             metrics.add(step, probes.evaluate(split, step, x, y, normalise, eval_batch, mixed))

@@ -85,3 +85,22 @@ def test_without_a_terminal_a_line_every_few_seconds(tmp_path):
     steps = [int(line.split("step ")[1].split("/")[0].replace(",", "")) for line in lines]
     assert steps == sorted(steps) and steps[-1] < 200
     assert "\r" not in result.stderr  # no bar in a log file
+
+
+def test_a_split_smaller_than_the_probe_sample_is_counted_as_evaluated(tmp_path):
+    """probes=smoke scores 64 test and 16 validation images; these splits have 40 and 10."""
+    from mlflow.artifacts import download_artifacts
+
+    from conftest import all_runs, run_cli
+
+    runs_dir = tmp_path / "runs"
+    result = run_cli(*SMOKE, "trainer.steps=4", "data.test_size=40", "data.val_size=10", "trainer.eval_batch_size=16",
+                     runs_dir=runs_dir)
+    assert result.returncode == 0, result.stderr
+    assert "invariance scores on 40 test images" in result.stderr, result.stderr
+    assert "validation on 10 images" in result.stderr and "invariance scores on 10 validation images" in result.stderr
+    _, (run,) = all_runs(local_store(runs_dir))
+    sample = download_artifacts(run_id=run.info.run_id, artifact_path="shift_sample.csv",
+                                tracking_uri=local_store(runs_dir))
+    splits = [line.split(",")[0] for line in open(sample).read().splitlines()[1:]]
+    assert (splits.count("test"), splits.count("val")) == (40, 10)  # the images actually scored

@@ -1,6 +1,10 @@
 """Images in class folders: `root/train/<class>/*.png|jpg` and `root/test/<class>/...`, all one
 size; one channel if every image is grayscale, else three (grayscale ones repeated).
 
+Only regular files inside the root are read: a symlink is followed and must stay inside, and
+anything else named like an image (a folder, a FIFO) is refused. Each image's size is read from
+its header and checked before its pixels are decoded.
+
 Decoding thousands of small files takes longer than training on them, so the decoded
 uint8 arrays are cached (one .npz per root, rebuilt when the folder's files change).
 """
@@ -8,7 +12,9 @@ uint8 arrays are cached (one .npz per root, rebuilt when the folder's files chan
 import hashlib
 import logging
 import os
+import stat
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +28,7 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp"}
 GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}  # Pillow modes with one intensity channel
+MAX_SIDE = 1024  # pixels: far beyond what a CIFAR-style network trains on, and 3 MB a decoded image
 
 
 class ImageFolder(DataSource):
@@ -30,7 +37,7 @@ class ImageFolder(DataSource):
 
     def __init__(self, root: str, cache_dir: str, val_size: float = 0.1, **split):
         super().__init__(val_size, **split)
-        self.root, self.cache_dir = Path(root).expanduser().resolve(), Path(cache_dir)
+        self.root, self.cache_dir = Path(os.path.realpath(Path(root).expanduser())), Path(cache_dir)
 
     def read(self):
         return read_imagefolder(self.root, self.cache_dir)
@@ -65,12 +72,35 @@ def _list_split(root: Path, split: str) -> dict:
         raise DataError(f"{root} has no {split}/ folder: expected {split}/<class>/*.png|jpg")
     files = {}
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        images = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in EXTENSIONS)
+        images = sorted(_image_file(root, p) for p in class_dir.iterdir() if p.suffix.lower() in EXTENSIONS)
         if images:
             files[class_dir.name] = images
     if not files:
         raise DataError(f"{folder} has no <class>/ folders with .png or .jpg images")
     return files
+
+
+def _image_file(root: Path, path: Path) -> Path:
+    """`path` if it is a regular file inside root, after following any symlink."""
+    real = Path(os.path.realpath(path))  # a symlink loop too: its stat then says so
+    if not real.is_relative_to(root):
+        raise DataError(f"{path} links to {real}, outside data.root={root}: copy the image into the folder")
+    kind = _kind(real)
+    if kind != "file":
+        raise DataError(f"{path} is {kind}, not an image file: move it out of the image folder")
+    return path
+
+
+def _kind(path: Path) -> str:
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a special file (socket or device)"
 
 
 def _decode(files: dict, classes: list):
@@ -81,17 +111,34 @@ def _decode(files: dict, classes: list):
     for label, name in enumerate(classes):
         for path in files.get(name, []):
             try:
-                with Image.open(path) as im:
-                    array = np.asarray(im.convert("L" if im.mode in GRAYSCALE_MODES else "RGB"))
-            except (OSError, Image.DecompressionBombError) as e:  # a bomb: far more pixels than a dataset image
+                with open(path, "rb", opener=_nonblocking) as f, warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(f) as im:
+                        _check_size(path, im.size, size)  # from the header: nothing decoded yet
+                        size = im.size
+                        array = np.asarray(im.convert("L" if im.mode in GRAYSCALE_MODES else "RGB"))
+            except Image.UnidentifiedImageError:
+                raise DataError(f"{path} is not an image Pillow can read (png, jpg, bmp): replace it") from None
+            except (OSError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
                 raise DataError(f"cannot decode image {path}: {e}") from None
-            if size is None:
-                size = array.shape[:2]
-            elif array.shape[:2] != size:
-                raise DataError(f"{path} is {array.shape[1]}x{array.shape[0]}, but other images are {size[1]}x{size[0]}: resize them to one size")
             images.append(array)
             labels.append(label)
     return images, np.asarray(labels, dtype=np.int64)
+
+
+def _nonblocking(path, flags):
+    """A FIFO swapped in since the listing then fails to read instead of waiting for a writer."""
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def _check_size(path: Path, size: tuple, first: tuple | None) -> None:
+    """(width, height) from the image's header, against the first image's and MAX_SIDE."""
+    if max(size) > MAX_SIDE:
+        raise DataError(f"{path} is {size[0]}x{size[1]}: images may be at most {MAX_SIDE}x{MAX_SIDE} pixels; "
+                        "resize them")
+    if first is not None and size != first:
+        raise DataError(f"{path} is {size[0]}x{size[1]}, but other images are {first[0]}x{first[1]}: resize them "
+                        "to one size")
 
 
 def _stack(images: list, colour: bool) -> np.ndarray:
@@ -112,8 +159,8 @@ def _fingerprint(files: dict) -> str:
     for split in sorted(files):
         for name in sorted(files[split]):
             for path in files[split][name]:
-                stat = path.stat()
-                digest.update(f"{split}/{name}/{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+                info = path.stat()
+                digest.update(f"{split}/{name}/{path.name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 

@@ -38,10 +38,11 @@ class Probes:
     def after_step(self, step: int) -> dict:
         return self.grad_norms.after_step(step)
 
-    def plan(self, split: str) -> str | None:
-        """What evaluate(split) will do, for the progress line; None if nothing."""
+    def plan(self, split: str, available: int) -> str | None:
+        """What evaluate(split) will do on a split of `available` images, for the progress line;
+        None if nothing."""
         shift, families = self.cfg.shift, self.cfg.invariance.families
-        size = shift.images if split == "test" else shift.val_images
+        size = min(shift.images if split == "test" else shift.val_images, available)  # as stratified_sample
         passes = [f"{(2 * shift.max + 1) ** 2} shifts"] if shift.max else []
         passes += [f"{len(grid(f, self.cfg.invariance))} {Family(f).value}s" for f in families]
         if not size or not passes:
