@@ -167,7 +167,7 @@ class Daemon:
         daemon = cls(pipe, owned=True, made_pipe=not pipe.exists() and pipe.parent == Path("/tmp"))
         atexit.register(daemon.stop)  # from here on: whatever happens, no daemon is left behind
         os.environ.update({PIPE_ENV: str(pipe), LOG_ENV: str(logs)})  # for the daemon and every job
-        problem = None if answers(pipe) else daemon.start(logs)  # one that answers: an earlier run of this sweep's
+        problem = None if answers(pipe) else daemon.start(logs)  # one answering: left by a killed run of this folder
         problem = problem or daemon.check_client()
         if problem:
             daemon.stop()
