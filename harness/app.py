@@ -221,7 +221,7 @@ def _run_job(cfg, job: JobInfo) -> str:
             run.set_tags({"device": device_name(setup.device), **setup.compute.describe(),
                           "num_parameters": count_parameters(setup.model)})
             run.log_text(setup.probes.layer_table(), contract.LAYER_TABLE)
-            run.metrics.add(0, {f"startup/{phase}": seconds for phase, seconds in startup.items()})
+            run.metrics.add(0, {f"perf/startup_{phase}": seconds for phase, seconds in startup.items()})
             checkpoints = Checkpoints(job.output_dir, cfg.trainer.checkpoint_every, run.run_id, stop)
             outcome = train(setup, cfg.trainer, run.metrics, checkpoints=checkpoints, label=_label(job, parent))
             for text, name in ((setup.probes.shift_table(), contract.SHIFT_TABLE),
