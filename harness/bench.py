@@ -220,8 +220,9 @@ def run_sweep(args, runs_dir: str, overrides: list, parallel: int) -> tuple:
     as trainer.mps says). Each starts with an empty torch.compile cache, as a first sweep does."""
     folder = tempfile.mkdtemp(dir=runs_dir, prefix="sweep-")
     uri = f"sqlite:///{folder}/sweep.db"
-    command = [sys.executable, "-m", "harness", "-m", *overrides, *args.data.split(), f"trainer.device={args.device}",
-               f"trainer.compile={args.compile}", f"paths.runs={folder}", f"tracking.uri={uri}"]
+    command = [sys.executable, "-m", "harness", "-m", *overrides, *data_overrides(args), f"trainer.device={args.device}",
+               f"trainer.batch_size={args.batch_size}", f"trainer.compile={args.compile}", f"paths.runs={folder}",
+               f"tracking.uri={uri}"]
     if parallel > 1:
         command += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={parallel}"]
     start = time.perf_counter()
@@ -288,7 +289,7 @@ def study_timings(uri: str, report_end: float | None) -> str:
              f"{'later':>7s} {'img/s':>8s} {'test acc':>8s}"]
     for run, epochs in sorted(jobs, key=lambda job: job[0].info.start_time):
         m = run.data.metrics
-        later = sorted(seconds for _, seconds, _ in epochs[1:]) or [0.0]
+        later = sorted(seconds for _, seconds, _ in epochs[1:]) or [float("nan")]
         cells = [f"{m.get(f'perf/startup_{phase}', float('nan')):6.1f}" for phase in ("cuda_init_s", "data_s", "build_s")]
         lines.append(f"{run.info.run_name[:28]:28s} {'on' if run.data.tags.get('mps', 'off') != 'off' else 'off':>6s} "
                      f"{m.get('perf/startup_process_s', float('nan')):8.1f} {' '.join(cells)} "
