@@ -367,8 +367,8 @@ def main(argv=None) -> None:
             print(f"  parallel speed-up {seconds[1] / seconds[args.parallel]:.2f}x", flush=True)
         if args.concurrent:
             rates = concurrent_rates(args, runs_dir, args.concurrent)
-            print(f"\nResNet-20 jobs at once ({args.data} trainer.epochs={args.concurrent_epochs} {args.sweep_args}; "
-                  "steady epochs):")
+            print(f"\nResNet-20 jobs at once ({args.data} trainer.epochs={args.concurrent_epochs}; the median "
+                  "images/s of each job's epochs after its first, summed):")
             print(f"  one job         {rates[1]:10,.0f} img/s")
             print(f"  {args.concurrent} at once  {rates[args.concurrent]:10,.0f} img/s in all: "
                   f"{rates[args.concurrent] / rates[1]:.2f}x one job")
