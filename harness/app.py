@@ -31,7 +31,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from harness import contract
+from harness import contract, mps
 from harness.augment import Augment
 from harness.batches import Normalise, TrainBatches
 from harness.checkpoint import Checkpoints, Interrupted, StopRequests, in_submitit_job
@@ -45,7 +45,7 @@ from harness.files import WriteError, reason, write_atomically
 from harness.models import count_parameters
 from harness.optim import build_optimizer, build_scheduler
 from harness.probes import Probes
-from harness.processes import IN_USE, InUse, die_with_parent, hold
+from harness.processes import IN_USE, InUse, age, die_with_parent, hold
 from harness.sweep import DONE, JOBS_FILE, expand_sweep, read_outcome, read_parent, stop_signal, write_outcome
 from harness.tracking import (STORE_ERRORS, JobRun, TrackingError, device_name, flatten, from_the_store, git_state,
                               job_name, open_experiment)
@@ -262,8 +262,9 @@ def _run_job(cfg, job: JobInfo) -> str:
         try:
             client, experiment_id = open_experiment(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.timeout)
             parent = read_parent(job.sweep_dir) if job.sweep_dir is not None else None
+            startup = _startup_of_process()
             try:
-                setup = build(cfg)
+                setup = build(cfg, startup=startup)
             except Exception as e:
                 if parent is not None or not isinstance(e, HarnessError):  # a sweep records every job
                     run = _open_run(client, experiment_id, cfg, job, parent)
@@ -273,6 +274,7 @@ def _run_job(cfg, job: JobInfo) -> str:
                           "num_parameters": count_parameters(setup.model),
                           **({"resumed_with_changed_config": job.changed} if job.changed else {})})
             run.log_text(setup.probes.layer_table(), contract.LAYER_TABLE)
+            run.metrics.add(0, {f"perf/startup_{phase}": seconds for phase, seconds in startup.items()})
             checkpoints = Checkpoints(job.output_dir, cfg.trainer.checkpoint_every, run.run_id, stop)
             outcome = train(setup, cfg.trainer, run.metrics, checkpoints=checkpoints, label=_label(job, parent))
             for text, name in ((setup.probes.shift_table(), contract.SHIFT_TABLE),
@@ -286,6 +288,18 @@ def _run_job(cfg, job: JobInfo) -> str:
             return outcome.status
         except BaseException as e:
             return _record_failure(e, run, job, stop)
+
+
+def _startup_of_process() -> dict:
+    """Seconds this process took to reach its first job (starting Python, imports, a joblib
+    worker's start): counted for that first job only."""
+    global _first_job
+    first, _first_job = _first_job, False
+    seconds = age(os.getpid()) if first else None
+    return {"process_s": seconds} if seconds is not None else {}
+
+
+_first_job = True
 
 
 def _label(job: JobInfo, parent: dict | None) -> str:
@@ -306,6 +320,7 @@ def _open_run(client, experiment_id, cfg, job: JobInfo, parent) -> JobRun:
     if job.run_id:
         return JobRun.reopen(client, job.run_id, job)
     run = JobRun.create(client, experiment_id, cfg, job, parent)
+    run.set_tags({mps.TAG: mps.client_of()})
     job.run_id = run.run_id
     job.save(cfg.tracking)
     return run
@@ -355,15 +370,22 @@ def _record_failure(error: BaseException, run: JobRun | None, job: JobInfo, stop
     return outcome
 
 
-def build(cfg, splits: Splits | None = None) -> Setup:
+def build(cfg, splits: Splits | None = None, startup: dict | None = None) -> Setup:
     """Everything a job trains with; raises HarnessError naming any bad value.
 
-    `splits`: the dataset, already loaded (the benchmark trains several setups on one)."""
+    `splits`: the dataset, already loaded (the benchmark trains several setups on one).
+    `startup`: gets the seconds spent initialising CUDA, loading the data and building in all."""
+    started, startup = time.perf_counter(), startup if startup is not None else {}
     validate(cfg)
     compute = resolve_compute(cfg.trainer)
     apply_compute(compute)
+    if compute.device.type == "cuda":  # the driver and the context: what the first kernel would pay
+        torch.zeros(1, device=compute.device)
+        startup["cuda_init_s"] = time.perf_counter() - started
     torch.manual_seed(cfg.trainer.seed)
+    loading = time.perf_counter()
     splits = splits or load_data(cfg.data)
+    startup["data_s"] = time.perf_counter() - loading
     validate(cfg, splits.image_size, len(splits.train_x))  # sizes a dataset only tells once read
     device = compute.device
     model = make_model(cfg.model, splits.num_classes, splits.in_channels).to(device, memory_format=compute.memory_format)
@@ -376,4 +398,5 @@ def build(cfg, splits: Splits | None = None) -> Setup:
     total_steps = cfg.trainer.steps or cfg.trainer.epochs * len(batches)
     scheduler = build_scheduler(optimizer, total_steps, make_schedule(cfg.schedule))
     probes = Probes(cfg.probes, model, normalise(splits.train_x[:2].to(device)), splits.num_classes)
+    startup["build_s"] = time.perf_counter() - started
     return Setup(model, optimizer, scheduler, batches, splits, normalise, compute, probes, compile_model(model, compute))

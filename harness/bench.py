@@ -16,8 +16,12 @@
    torch.cuda.set_sync_debug_mode("warn")); any synchronising op is listed.
 4. With --sweep: a depth 8/20/56 x residual on/off sweep through the real CLI, one job at a
    time (Hydra's basic launcher) and --parallel jobs at once on the one device
-   (hydra/launcher=joblib); wall time and jobs per hour of each. Each sweep starts with an
-   empty torch.compile cache, as a first sweep does.
+   (hydra/launcher=joblib, through an MPS daemon on a GPU: harness.mps); wall time and jobs
+   per hour of each. Each sweep starts with an empty torch.compile cache, as a first sweep does.
+5. With --concurrent N: the aggregate training images/s of N ResNet-20 jobs at once against
+   one job alone, through the CLI as in 4.
+`--timings URI` prints, for the sweep in that store, what each job spent before its first
+step (start-up metrics) and the sweep's span and aggregate throughput (.ci/gpu's study stage).
 """
 
 import argparse
@@ -207,24 +211,94 @@ def time_textbook(args, cfg, splits) -> float:
     return len(loader) * args.batch_size / seconds
 
 
-# ---------------------------------------------------------------- the sweep
+# ---------------------------------------------------------------- the sweep and jobs at once
+
+
+def run_sweep(args, runs_dir: str, overrides: list, parallel: int) -> tuple:
+    """(wall seconds, store URI) of a sweep through the CLI: one job at a time (Hydra's basic
+    launcher), or `parallel` at once (hydra/launcher=joblib, sharing the device through MPS
+    as trainer.mps says). Each starts with an empty torch.compile cache, as a first sweep does."""
+    folder = tempfile.mkdtemp(dir=runs_dir, prefix="sweep-")
+    uri = f"sqlite:///{folder}/sweep.db"
+    command = [sys.executable, "-m", "harness", "-m", *overrides, *data_overrides(args), f"trainer.device={args.device}",
+               f"trainer.batch_size={args.batch_size}", f"trainer.compile={args.compile}", f"paths.runs={folder}",
+               f"tracking.uri={uri}"]
+    if parallel > 1:
+        command += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={parallel}"]
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{folder}/compile-cache"})
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"sweep failed ({' '.join(command)}):\n{result.stderr[-3000:]}")
+    return seconds, uri
 
 
 def time_sweep(args, runs_dir: str, parallel: int) -> float:
     """Wall seconds of the 6-job depth x residual sweep through the CLI."""
-    command = [sys.executable, "-m", "harness", "-m", "model.depth=8,20,56", "model.residual=true,false",
-               *args.data.split(), f"trainer.device={args.device}", f"trainer.compile={args.compile}",
-               *args.sweep_args.split(), f"paths.runs={runs_dir}", f"tracking.uri=sqlite:///{runs_dir}/sweep.db"]
-    if parallel > 1:
-        command += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={parallel}"]
-    compile_cache = tempfile.mkdtemp(dir=runs_dir, prefix="compile-cache-")
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True,
-                            env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": compile_cache})
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(f"sweep failed ({' '.join(command)}):\n{result.stderr[-3000:]}")
-    return seconds
+    return run_sweep(args, runs_dir, ["model.depth=8,20,56", "model.residual=true,false", *args.sweep_args.split()],
+                     parallel)[0]
+
+
+def job_epochs(uri: str) -> list:
+    """Per job of the store's sweeps: (run, [(epoch end in s since the epoch, seconds, images/s)] by epoch)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    jobs = [r for r in client.search_runs(experiments, max_results=10000) if r.data.tags.get(contract.KIND) != "sweep"]
+    result = []
+    for run in jobs:
+        times = client.get_metric_history(run.info.run_id, contract.EPOCH_TIME)
+        rates = {m.step: m.value for m in client.get_metric_history(run.info.run_id, contract.IMAGES_PER_SEC)}
+        result.append((run, [(m.timestamp / 1000, m.value, rates[m.step]) for m in sorted(times, key=lambda m: m.step)]))
+    return result
+
+
+def steady_rate(epochs: list) -> float:
+    """A job's median images/s over its epochs after the first (which compiles and records graphs)."""
+    later = [rate for _, _, rate in epochs[1:]] or [rate for _, _, rate in epochs]
+    return sorted(later)[len(later) // 2]
+
+
+def concurrent_rates(args, runs_dir: str, parallel: int) -> dict:
+    """{jobs at once: aggregate training images/s} of identical ResNet-20 jobs (seeds 0..N-1):
+    the sum of each job's steady rate. The jobs start together and train the same epochs, so
+    their steady epochs overlap."""
+    rates = {}
+    for jobs in (1, parallel):
+        seeds = ",".join(str(seed) for seed in range(jobs))
+        _, uri = run_sweep(args, runs_dir, ["model.depth=20", f"trainer.seed={seeds}",
+                                            f"trainer.epochs={args.concurrent_epochs}"], jobs)
+        rates[jobs] = sum(steady_rate(epochs) for _, epochs in job_epochs(uri))
+    return rates
+
+
+def study_timings(uri: str, report_end: float | None) -> str:
+    """What a sweep's jobs cost before their first step and how long it took, from its store."""
+    jobs = job_epochs(uri)
+    first_start = min(run.info.start_time for run, _ in jobs) / 1000
+    last_end = max(run.info.end_time or 0 for run, _ in jobs) / 1000
+    images = sum(seconds * rate for _, epochs in jobs for _, seconds, rate in epochs)
+    training = [(end - seconds, end) for _, epochs in jobs for end, seconds, _ in epochs]
+    lines = [f"{len(jobs)} jobs: first job start to last job end {last_end - first_start:.1f} s"
+             + (f", to the report's end {report_end - first_start:.1f} s" if report_end else ""),
+             f"aggregate training throughput {images / (max(e for _, e in training) - min(s for s, _ in training)):,.0f}"
+             " img/s (every epoch's images over the span from the first epoch's start to the last one's end)",
+             "", f"{'job':28s} {'mps':>6s} {'process':>8s} {'cuda':>6s} {'data':>6s} {'build':>6s} {'epoch 1':>8s} "
+             f"{'later':>7s} {'img/s':>8s} {'test acc':>8s}"]
+    for run, epochs in sorted(jobs, key=lambda job: job[0].info.start_time):
+        m = run.data.metrics
+        later = sorted(seconds for _, seconds, _ in epochs[1:]) or [float("nan")]
+        cells = [f"{m.get(f'perf/startup_{phase}', float('nan')):6.1f}" for phase in ("cuda_init_s", "data_s", "build_s")]
+        lines.append(f"{run.info.run_name[:28]:28s} {'on' if run.data.tags.get('mps', 'off') != 'off' else 'off':>6s} "
+                     f"{m.get('perf/startup_process_s', float('nan')):8.1f} {' '.join(cells)} "
+                     f"{epochs[0][1] if epochs else float('nan'):8.1f} {later[len(later) // 2]:7.1f} "
+                     f"{steady_rate(epochs) if epochs else float('nan'):8,.0f} {m.get(contract.TEST_ACC, float('nan')):8.4f}")
+    lines.append("(seconds: process = Python, imports and worker start before a process's first job; cuda = driver "
+                 "and context; data = loading the dataset; build = all of setup; epoch 1 - later = compiling and "
+                 "CUDA-graph capture; later = median of the other epochs)")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- report
@@ -249,7 +323,15 @@ def main(argv=None) -> None:
     parser.add_argument("--parallel", type=int, default=3, help="jobs at once in the parallel sweep")
     parser.add_argument("--sweep-args", default="trainer.epochs=2",
                         help="more overrides for every sweep job, e.g. 'recipe=fast'")
+    parser.add_argument("--concurrent", type=int, default=0,
+                        help="also the aggregate images/s of this many ResNet-20 jobs at once against one job")
+    parser.add_argument("--concurrent-epochs", type=int, default=3, help="epochs of each of those jobs")
+    parser.add_argument("--timings", metavar="URI", help="only print the timings of the sweep in this store")
+    parser.add_argument("--report-end", type=float, help="with --timings: when its report was written (epoch s)")
     args = parser.parse_args(argv)
+    if args.timings:
+        print(study_timings(args.timings, args.report_end))
+        return
     depths = [int(d) for d in args.depths.split(",")]
 
     with tempfile.TemporaryDirectory() as runs_dir:
@@ -282,7 +364,14 @@ def main(argv=None) -> None:
                 seconds[parallel] = time_sweep(args, runs_dir, parallel)
                 label = "one at a time" if parallel == 1 else f"{parallel} at once"
                 print(f"  {label:17s} {seconds[parallel]:8.1f} s  {6 * 3600 / seconds[parallel]:8.1f} jobs/hour", flush=True)
-            print(f"  parallel speed-up {seconds[1] / seconds[args.parallel]:.2f}x")
+            print(f"  parallel speed-up {seconds[1] / seconds[args.parallel]:.2f}x", flush=True)
+        if args.concurrent:
+            rates = concurrent_rates(args, runs_dir, args.concurrent)
+            print(f"\nResNet-20 jobs at once ({args.data} trainer.epochs={args.concurrent_epochs}; the median "
+                  "images/s of each job's epochs after its first, summed):")
+            print(f"  one job         {rates[1]:10,.0f} img/s")
+            print(f"  {args.concurrent} at once  {rates[args.concurrent]:10,.0f} img/s in all: "
+                  f"{rates[args.concurrent] / rates[1]:.2f}x one job")
 
 
 def measure_depth(args, depth: int, splits, runs_dir: str) -> dict:

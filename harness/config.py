@@ -27,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.compute import COMPILE_CHOICES, Precision
 from harness.errors import ConfigError
+from harness.mps import MpsMode
 from harness.models import Downsample, Init, Padding, Shortcut, blocks_per_stage
 from harness.probes.invariance import Family
 from harness.probes.shift import ShiftMode
@@ -207,6 +208,7 @@ class TrainerConfig:
     eval_batch_size: int = 1000
     checkpoint_every: int = 1  # epochs between checkpoints in the job folder (0: only when stopped)
     progress_every: float = 30.0  # seconds between progress lines when stderr is not a terminal (0: none)
+    mps: MpsMode = MpsMode.auto  # a sweep's jobs at once on one GPU: through an MPS daemon (harness.mps), or off
 
 
 @dataclass

@@ -27,6 +27,16 @@ def start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]  # field 22, after the command in parentheses
 
 
+def age(pid: int) -> float | None:
+    """Seconds since the process started; None where /proc does not say."""
+    started = start_time(pid)
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError):
+        return None
+    return None if started is None else uptime - int(started) / os.sysconf("SC_CLK_TCK")
+
+
 def alive(pid: int, started: str | None) -> bool | None:
     """Whether that process still runs (True/False); None if this machine cannot tell."""
     if not Path("/proc").is_dir():

@@ -22,7 +22,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from mlflow.entities import RunTag
 
-from harness import contract
+from harness import contract, mps
 from harness.checkpoint import REPEAT_WINDOW_S, STOP_SIGNALS
 from harness.files import write_atomically
 from harness.launchers import record_jobs_without_result_as_killed, uses_submitit
@@ -221,6 +221,8 @@ class SweepCallback(Callback):
             raise SystemExit(2) from None
         atexit.register(self.sweep.end, completed=False)
         stop_sweep_on_signals(self.sweep.folder)
+        shared = mps.for_sweep(config, self.sweep.folder)  # before the launcher starts any worker
+        self.sweep.client.set_tag(self.sweep.run_id, mps.TAG, shared)
         if uses_submitit(config):
             record_jobs_without_result_as_killed()
 
