@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     from analysis.load import open_client, select_runs  # after --help: mlflow imports slowly
     from analysis.report import report_folder, write_report
     from harness.errors import HarnessError
-    from harness.tracking import STORE_ERRORS, _first_line, bound_http_retries, redact
+    from harness.tracking.store import STORE_ERRORS, _first_line, bound_http_retries, redact
 
     sys.excepthook = lambda *error: sys.stderr.write(redact("".join(traceback.format_exception(*error))))
     if args.uri.startswith(("http://", "https://")):

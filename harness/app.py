@@ -31,25 +31,27 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from harness import contract, mps
-from harness.augment import Augment
-from harness.batches import Normalise, TrainBatches
-from harness.checkpoint import Checkpoints, Interrupted, StopRequests, in_submitit_job
-from harness.compute import apply as apply_compute
-from harness.compute import compile_model, resolve_compute
+from harness import contract
+
+from harness.jobs import mps
+from harness.training.augment import Augment
+from harness.training.batches import Normalise, TrainBatches
+from harness.jobs.checkpoint import Checkpoints, Interrupted, StopRequests, in_submitit_job
+from harness.training.compute import apply as apply_compute
+from harness.training.compute import compile_model, resolve_compute
 from harness.config import (COMPOSITION_ERRORS, check_store, load_data, make_model, make_schedule, one_line,
                             optimizer_factory, plain, validate)
 from harness.data import Splits
 from harness.errors import ConfigError, HarnessError
 from harness.files import WriteError, reason, write_atomically
-from harness.models import count_parameters
-from harness.optim import build_optimizer, build_scheduler
+from harness.models.resnet import count_parameters
+from harness.training.optim import build_optimizer, build_scheduler
 from harness.probes import Probes
-from harness.processes import IN_USE, InUse, age, die_with_parent, hold
-from harness.sweep import DONE, JOBS_FILE, expand_sweep, read_outcome, read_parent, stop_signal, write_outcome
-from harness.tracking import (STORE_ERRORS, JobRun, TrackingError, device_name, flatten, from_the_store, git_state,
+from harness.jobs.processes import IN_USE, InUse, age, die_with_parent, hold
+from harness.jobs.sweep import DONE, JOBS_FILE, expand_sweep, read_outcome, read_parent, stop_signal, write_outcome
+from harness.tracking.store import (STORE_ERRORS, JobRun, TrackingError, device_name, flatten, from_the_store, git_state,
                               job_name, open_experiment)
-from harness.train import Setup, train
+from harness.training.train import Setup, train
 
 log = logging.getLogger("harness")
 
@@ -192,7 +194,7 @@ def check_recipe_and_trainer(parsed: list) -> None:
 
 
 def sweep_jobs(config_name: str, overrides: list) -> list:
-    """Each job's overrides, as Hydra's basic sweeper will make them (harness.sweep.expand_sweep)."""
+    """Each job's overrides, as Hydra's basic sweeper will make them (harness.jobs.sweep.expand_sweep)."""
     fixed = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
     primary = compose(config_name, overrides=fixed, return_hydra_config=True)
     check_runs_folder(primary)

@@ -12,11 +12,11 @@
 2. With --profile: where a harness step's time goes, under torch.profiler (per step: wall
    time, device-busy time, kernel launches, host time spent launching). With --variants:
    the eager harness in bf16/fp32 x channels_last/NCHW, to check what precision=auto picks.
-3. Host syncs: harness steps under harness.syncs.HostSyncs (on CUDA also
+3. Host syncs: harness steps under harness.training.syncs.HostSyncs (on CUDA also
    torch.cuda.set_sync_debug_mode("warn")); any synchronising op is listed.
 4. With --sweep: a depth 8/20/56 x residual on/off sweep through the real CLI, one job at a
    time (Hydra's basic launcher) and --parallel jobs at once on the one device
-   (hydra/launcher=joblib, through an MPS daemon on a GPU: harness.mps); wall time and jobs
+   (hydra/launcher=joblib, through an MPS daemon on a GPU: harness.jobs.mps); wall time and jobs
    per hour of each. Each sweep starts with an empty torch.compile cache, as a first sweep does.
 5. With --concurrent N: the aggregate training images/s of N ResNet-20 jobs at once against
    one job alone, through the CLI as in 4.
@@ -39,11 +39,11 @@ from hydra import compose, initialize_config_dir
 
 from harness import contract
 from harness.app import PROJECT_ROOT, build
-from harness.compute import resolve_device, usable_cpus
+from harness.training.compute import resolve_device, usable_cpus
 from harness.config import load_data, make_model
-from harness.syncs import HostSyncs
-from harness.tracking import MetricBuffer, device_name, open_experiment
-from harness.train import train
+from harness.training.syncs import HostSyncs
+from harness.tracking.store import MetricBuffer, device_name, open_experiment
+from harness.training.train import train
 
 CIFAR_TRAIN_IMAGES = 50_000  # seconds per epoch are quoted for an epoch of this many images
 

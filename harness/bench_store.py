@@ -59,7 +59,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args(argv)
 
-    from harness.tracking import open_experiment, redact
+    from harness.tracking.store import open_experiment, redact
 
     _, experiment_id = open_experiment(args.uri, "bench_store")
     print(f"{redact(args.uri)}: log_batch of {args.batch} points, {args.seconds:g} s per measurement")

@@ -25,10 +25,10 @@ from hydra.utils import instantiate
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.compute import COMPILE_CHOICES, Precision
+from harness.training.compute import COMPILE_CHOICES, Precision
 from harness.errors import ConfigError
-from harness.mps import MpsMode
-from harness.models import Downsample, Init, Padding, Shortcut, blocks_per_stage
+from harness.jobs.mps import MpsMode
+from harness.models.resnet import Downsample, Init, Padding, Shortcut, blocks_per_stage
 from harness.probes.invariance import Family
 from harness.probes.shift import ShiftMode
 
@@ -37,7 +37,7 @@ from harness.probes.shift import ShiftMode
 
 @dataclass
 class ResNetConfig:
-    _target_: str = "harness.models.CifarResNet"
+    _target_: str = "harness.models.resnet.CifarResNet"
     depth: int = 20  # 6n + 2
     residual: bool = True
     batchnorm: bool = True
@@ -135,25 +135,25 @@ class ScheduleConfig:
 
 @dataclass
 class ConstantConfig(ScheduleConfig):
-    _target_: str = "harness.optim.Constant"
+    _target_: str = "harness.training.optim.Constant"
 
 
 @dataclass
 class StepConfig(ScheduleConfig):
-    _target_: str = "harness.optim.Step"
+    _target_: str = "harness.training.optim.Step"
     milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])
     gamma: float = 0.1
 
 
 @dataclass
 class CosineConfig(ScheduleConfig):
-    _target_: str = "harness.optim.Cosine"
+    _target_: str = "harness.training.optim.Cosine"
     final: float = 0.0
 
 
 @dataclass
 class OneCycleConfig(ScheduleConfig):
-    _target_: str = "harness.optim.OneCycle"
+    _target_: str = "harness.training.optim.OneCycle"
     peak: float = 0.25
     start: float = 0.04
     final: float = 0.0
@@ -208,7 +208,7 @@ class TrainerConfig:
     eval_batch_size: int = 1000
     checkpoint_every: int = 1  # epochs between checkpoints in the job folder (0: only when stopped)
     progress_every: float = 30.0  # seconds between progress lines when stderr is not a terminal (0: none)
-    mps: MpsMode = MpsMode.auto  # a sweep's jobs at once on one GPU: through an MPS daemon (harness.mps), or off
+    mps: MpsMode = MpsMode.auto  # a sweep's jobs at once on one GPU: through an MPS daemon (harness.jobs.mps), or off
 
 
 @dataclass

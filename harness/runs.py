@@ -41,9 +41,9 @@ from harness import contract
 from harness.app import CHANGED_ENV, CONF_DIR, JOB_FILE, PROJECT_ROOT, SAVED_CONFIG, JobInfo
 from harness.config import COMPOSITION_ERRORS, one_line
 from harness.errors import ConfigError, HarnessError
-from harness.processes import IN_USE, InUse, alive, die_with_parent, hold, holder
-from harness.sweep import DONE, JOBS_FILE, PARENT_FILE, Sweep, read_outcome, stop_signal
-from harness.tracking import STORE_ERRORS, MetricBuffer, bound_http_retries, flatten, open_experiment, redact
+from harness.jobs.processes import IN_USE, InUse, alive, die_with_parent, hold, holder
+from harness.jobs.sweep import DONE, JOBS_FILE, PARENT_FILE, Sweep, read_outcome, stop_signal
+from harness.tracking.store import STORE_ERRORS, MetricBuffer, bound_http_retries, flatten, open_experiment, redact
 
 DEFAULT_RUNS = PROJECT_ROOT / "runs"
 

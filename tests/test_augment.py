@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.augment import Augment, affine, random_affine, random_flip, random_jitter, translate
-from harness.batches import Normalise, TrainBatches
+from harness.training.augment import Augment, affine, random_affine, random_flip, random_jitter, translate
+from harness.training.batches import Normalise, TrainBatches
 
 
 def images(n=6, c=3, h=7, w=9):

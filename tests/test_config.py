@@ -129,11 +129,11 @@ def test_batchnorm_no_trains_a_model_without_batchnorm(runs_dir):
 def test_a_recipe_is_one_file_and_a_group_named_on_the_command_line_wins():
     he2016 = compose_config("recipe=he2016")
     assert (he2016.optim.lr, he2016.optim.momentum, he2016.optim.weight_decay) == (0.1, 0.9, 1e-4)
-    assert he2016.schedule._target_ == "harness.optim.Step" and he2016.trainer.steps == 64000
+    assert he2016.schedule._target_ == "harness.training.optim.Step" and he2016.trainer.steps == 64000
     assert he2016.augment.crop and he2016.augment.flip
     fast_adam = compose_config("recipe=fast", "optim=adam", "trainer.epochs=5")
     assert fast_adam.optim._target_ == "torch.optim.Adam" and fast_adam.optim.lr == 1e-3
-    assert fast_adam.schedule._target_ == "harness.optim.OneCycle" and fast_adam.trainer.epochs == 5
+    assert fast_adam.schedule._target_ == "harness.training.optim.OneCycle" and fast_adam.trainer.epochs == 5
 
 
 @pytest.mark.parametrize("trainer", ["smoke", "cpu"])

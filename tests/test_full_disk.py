@@ -158,7 +158,7 @@ def test_an_unreadable_checkpoint_is_set_aside_and_the_job_starts_again(referenc
 def test_a_checkpoint_that_names_code_is_refused_and_a_damaged_one_never_overwrites_another(tmp_path):
     import pickle
 
-    from harness.checkpoint import Checkpoints
+    from harness.jobs.checkpoint import Checkpoints
     from harness.errors import HarnessError
 
     class Payload:

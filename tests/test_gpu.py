@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from harness.app import build
-from harness.compute import resolve_precision
-from harness.syncs import HostSyncs
-from harness.tracking import MetricBuffer, open_experiment
-from harness.train import train
+from harness.training.compute import resolve_precision
+from harness.training.syncs import HostSyncs
+from harness.tracking.store import MetricBuffer, open_experiment
+from harness.training.train import train
 
 from conftest import all_runs, compose_config, recompute_test_metrics, run_cli
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.models import CifarResNet, count_convs, count_parameters
+from harness.models.resnet import CifarResNet, count_convs, count_parameters
 
 
 @pytest.mark.parametrize("depth, expected", [(20, 269_722), (56, 853_018)])
@@ -121,7 +121,7 @@ def test_each_downsampling_keeps_the_parameters_and_halves_where_it_should(downs
 
 
 def test_blurpool_is_a_binomial_low_pass_then_every_second_pixel():
-    from harness.models import BlurPool
+    from harness.models.resnet import BlurPool
 
     x = torch.zeros(1, 1, 8, 8)
     x[0, 0, 4, 4] = 16.0

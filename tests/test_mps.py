@@ -1,4 +1,4 @@
-"""A sweep's MPS daemon (harness.mps): none on a CPU; on a CUDA device, started once, joined when
+"""A sweep's MPS daemon (harness.jobs.mps): none on a CPU; on a CUDA device, started once, joined when
 one answers, stopped at the end, on SIGTERM and after failed jobs, never someone else's.
 
 No GPU and no `nvidia-cuda-mps-control` exist here, so a stand-in (FAKE below) is put first on
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import mps
+from harness.jobs import mps
 
 from conftest import PROJECT_ROOT, all_runs, local_store, run_cli
 

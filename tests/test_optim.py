@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from harness.config import make_schedule, optimizer_factory
-from harness.models import CifarResNet
-from harness.optim import Constant, Cosine, OneCycle, Step, build_optimizer, build_scheduler
+from harness.models.resnet import CifarResNet
+from harness.training.optim import Constant, Cosine, OneCycle, Step, build_optimizer, build_scheduler
 
 from conftest import PROJECT_ROOT, all_runs, compose_config, run_cli
 

@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.app import build
-from harness.batches import Normalise
-from harness.models import CifarResNet
+from harness.training.batches import Normalise
+from harness.models.resnet import CifarResNet
 from harness.probes import GradNorms, landscape_probe, shift_scores
 from harness.probes.invariance import family_scores, stratified_sample
 from harness.probes.grad_norms import layers_in_forward_order
-from harness.tracking import MetricBuffer, open_experiment
-from harness.train import train
+from harness.tracking.store import MetricBuffer, open_experiment
+from harness.training.train import train
 
 from conftest import compose_config
 

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from harness.progress import LaggedValue, Progress
+from harness.training.progress import LaggedValue, Progress
 
 from conftest import PROJECT_ROOT, local_store
 

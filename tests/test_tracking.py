@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from harness.app import JobInfo
-from harness.tracking import JobRun, MetricBuffer, open_experiment, short_name
+from harness.tracking.store import JobRun, MetricBuffer, open_experiment, short_name
 
 from conftest import PROJECT_ROOT, run_cli, start_mlflow_server, stop_process_group
 
@@ -81,7 +81,7 @@ def test_sweep_through_a_real_mlflow_server(tmp_path, mlflow_server):
 
 def test_fresh_sqlite_store_opened_by_many_processes_at_once(tmp_path):
     uri = f"sqlite:///{tmp_path}/fresh.db"
-    code = f"from harness.tracking import open_experiment; print(open_experiment({uri!r}, 'race')[1])"
+    code = f"from harness.tracking.store import open_experiment; print(open_experiment({uri!r}, 'race')[1])"
     processes = [subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for _ in range(4)]
     outputs = [p.communicate(timeout=120) for p in processes]
@@ -125,7 +125,7 @@ def test_metric_buffer_sends_everything_in_batches(tmp_path):
 
 WRITER = """
 import sys, torch
-from harness.tracking import MetricBuffer, open_experiment
+from harness.tracking.store import MetricBuffer, open_experiment
 client, experiment_id = open_experiment(sys.argv[1], "concurrent")
 run_id = client.create_run(experiment_id, tags={"writer": sys.argv[2]}).info.run_id
 buffer = MetricBuffer(client, run_id)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import contract
-from harness.augment import affine
+from harness.training.augment import affine
 
 
 Family = Enum("Family", {name: name for name in contract.INVARIANCE_FAMILIES}, type=str)

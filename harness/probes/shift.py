@@ -21,7 +21,7 @@ from enum import Enum
 import torch
 
 from harness import contract
-from harness.augment import translate
+from harness.training.augment import translate
 from harness.probes.invariance import consistency, predictions_under
 
 

@@ -22,12 +22,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from mlflow.entities import RunTag
 
-from harness import contract, mps
-from harness.checkpoint import REPEAT_WINDOW_S, STOP_SIGNALS
+from harness import contract
+
+from harness.jobs import mps
+from harness.jobs.checkpoint import REPEAT_WINDOW_S, STOP_SIGNALS
 from harness.files import write_atomically
-from harness.launchers import record_jobs_without_result_as_killed, uses_submitit
-from harness.processes import worker_children
-from harness.tracking import (STORE_ERRORS, TrackingError, forget_interruption, git_state, open_experiment, redact,
+from harness.jobs.launchers import record_jobs_without_result_as_killed, uses_submitit
+from harness.jobs.processes import worker_children
+from harness.tracking.store import (STORE_ERRORS, TrackingError, forget_interruption, git_state, open_experiment, redact,
                               this_process)
 
 log = logging.getLogger(__name__)
@@ -184,7 +186,7 @@ def stop_signal(sweep_dir: Path) -> int | None:
 def stop_sweep_on_signals(sweep_dir: Path) -> None:
     """In the sweep's main process: SIGTERM or SIGINT mark the sweep stopped (no job starts
     after) and are passed to the joblib workers, whose jobs then checkpoint and end KILLED; a
-    second one stops at once. Jobs in this process chain to this handler (harness.checkpoint)."""
+    second one stops at once. Jobs in this process chain to this handler (harness.jobs.checkpoint)."""
     def handler(signum, frame):
         if stop_signal(sweep_dir) is not None:
             if time.monotonic() - handler.first > REPEAT_WINDOW_S:

@@ -52,7 +52,7 @@ class StopRequests:
     """While entered (in the main thread), SIGTERM and SIGINT (and SIGUSR2 in a submitit job)
     set `signal` instead of stopping the process; another one, more than REPEAT_WINDOW_S later,
     raises KeyboardInterrupt. A handler that was there before and is marked `chain` (the
-    sweep's, harness.sweep) is called too; `pass_on` calls any other one afterwards."""
+    sweep's, harness.jobs.sweep) is called too; `pass_on` calls any other one afterwards."""
 
     def __init__(self):
         self.signal, self.since = None, 0.0

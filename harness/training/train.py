@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from harness import contract
-from harness.batches import Normalise, TrainBatches, eval_batches
-from harness.checkpoint import Checkpoints, Interrupted
-from harness.compute import Compute
+from harness.training.batches import Normalise, TrainBatches, eval_batches
+from harness.jobs.checkpoint import Checkpoints, Interrupted
+from harness.training.compute import Compute
 from harness.data import Splits
 from harness.probes import Probes
-from harness.progress import Progress
+from harness.training.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +101,9 @@ class TrainWindow:
 def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext, checkpoints: Checkpoints | None = None,
           label: str | None = "") -> Outcome:
     """Train for the configured steps; log to `metrics` (a tracking.MetricBuffer); show
-    progress (harness.progress) under `label`, or none if it is None.
+    progress (harness.training.progress) under `label`, or none if it is None.
 
-    step_context() is entered around each step (harness.syncs checks there that no step
+    step_context() is entered around each step (harness.training.syncs checks there that no step
     waits for the device). With `checkpoints`, training starts from the saved checkpoint if
     there is one, saves one every checkpoints.every epochs, and on a stop request saves one at
     the next step boundary and raises Interrupted.

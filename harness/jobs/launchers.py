@@ -7,7 +7,7 @@ none (scancel, a node failure, SIGKILL after SLURM's KillWait, out of `max_num_t
 requeues) raises there and aborts the whole sweep while its other jobs still run, and the
 sweep's end would then take their runs for dead. Hydra loads launchers only from its
 `hydra_plugins` package, so rather than ship a plugin of our own, the sweep's callback
-(harness.sweep) wraps submitit's `Job.results` for the sweep's process: such a job returns
+(harness.jobs.sweep) wraps submitit's `Job.results` for the sweep's process: such a job returns
 "killed", its folder and MLflow run say what happened, `python -m harness.runs resume`
 continues it, and the sweep exits 1.
 """

@@ -1,5 +1,5 @@
 """MLflow for one job: the store, the job's run, its params, tags, artifacts and buffered metrics.
-(A sweep's parent run and its lifecycle: harness.sweep.)
+(A sweep's parent run and its lifecycle: harness.jobs.sweep.)
 
 Only MlflowClient is used, never the fluent `mlflow.start_run` API: its active run is
 process-global (Hydra's basic launcher runs every job in one process) and it obeys
@@ -27,10 +27,10 @@ import torch
 from omegaconf import BooleanNode, OmegaConf
 
 from harness import contract
-from harness.checkpoint import Interrupted, save_tensors
+from harness.jobs.checkpoint import Interrupted, save_tensors
 from harness.errors import ConfigError, HarnessError
 from harness.files import WriteError, append, folder_lock, reason, write_atomically
-from harness.processes import start_time
+from harness.jobs.processes import start_time
 
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run" per run
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file, now that tqdm is installed
@@ -282,7 +282,7 @@ class JobRun:
 
     @classmethod
     def create(cls, client, experiment_id, cfg, job, parent: dict | None = None) -> "JobRun":
-        """parent: the sweep's parent run (harness.sweep.read_parent), for a job of a sweep."""
+        """parent: the sweep's parent run (harness.jobs.sweep.read_parent), for a job of a sweep."""
         all_tags = {contract.OVERRIDES: redact(" ".join(job.overrides)), "torch_version": torch.__version__,
                     **git_state(Path(cfg.paths.root)), **this_process(),
                     **{contract.choice_tag(group): choice for group, choice in job.choices.items()}}

@@ -1,0 +1,1 @@
+"""Model families: each module builds one family of networks from its config."""
