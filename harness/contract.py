@@ -21,7 +21,17 @@ DIVERGED = "diverged"  # "true" or "false"
 ERROR = "error"
 KILLED_BY = "killed_by"  # on a run ended KILLED by someone other than its own process
 NOTE = "mlflow.note.content"  # a run's description, shown at the top of its page in the MLflow UI
+MODEL_LABELS = "model_labels"  # on each job: JSON, how its model family names its runs (see RESNET_LABELS)
+PRESET = "preset"  # on a sweep's parent: the +experiment preset that launched it, e.g. depth_residual
 CHOICE = "choice."  # + group: the config file Hydra picked for the group, e.g. choice.optim=momentum
+
+
+# A model family's words for its axes: each label column of analysis' frames is made from one
+# axis (a short name of AXES), value (lower-case, as logged) -> word. A run without the tag was
+# written before it existed, by a ResNet.
+RESNET_LABELS = {"family": "ResNet", "columns": {
+    "architecture": {"axis": "residual", "values": {"true": "residual", "false": "plain"}},
+    "normalisation": {"axis": "batchnorm", "values": {"true": "BatchNorm", "false": "no BatchNorm"}}}}
 
 
 def choice_tag(group: str) -> str:
