@@ -39,8 +39,8 @@ from harness.training.batches import Normalise, TrainBatches
 from harness.jobs.checkpoint import Checkpoints, Interrupted, StopRequests, in_submitit_job
 from harness.training.compute import apply as apply_compute
 from harness.training.compute import compile_model, resolve_compute
-from harness.config import (COMPOSITION_ERRORS, check_store, load_data, make_model, make_schedule, one_line,
-                            optimizer_factory, plain, validate)
+from harness.config import (COMPOSITION_ERRORS, check_store, load_data, make_model, make_schedule, model_labels,
+                            one_line, optimizer_factory, plain, validate)
 from harness.data import Splits
 from harness.errors import ConfigError, HarnessError
 from harness.files import WriteError, reason, write_atomically
@@ -322,7 +322,7 @@ def _open_run(client, experiment_id, cfg, job: JobInfo, parent) -> JobRun:
     if job.run_id:
         return JobRun.reopen(client, job.run_id, job)
     run = JobRun.create(client, experiment_id, cfg, job, parent)
-    run.set_tags({mps.TAG: mps.client_of()})
+    run.set_tags({mps.TAG: mps.client_of(), **model_labels(cfg.model)})
     job.run_id = run.run_id
     job.save(cfg.tracking)
     return run

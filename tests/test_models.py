@@ -2,7 +2,12 @@ import pytest
 import torch
 from torch import nn
 
+from harness import contract
+from harness.errors import ConfigError
+from harness.models import resnet
 from harness.models.resnet import CifarResNet, count_convs, count_parameters
+
+from conftest import compose_config
 
 
 @pytest.mark.parametrize("depth, expected", [(20, 269_722), (56, 853_018)])
@@ -91,8 +96,8 @@ def test_fixup_starts_every_branch_and_the_classifier_at_zero():
     block = model.stage2.block2
     h = torch.relu(torch.randn(2, 32, 16, 16))
     assert torch.allclose(block(h), h)  # identity residual block at init
-    with pytest.raises(ValueError, match="Fixup"):
-        CifarResNet(20, residual=False, init="fixup")
+    with pytest.raises(ConfigError, match="Fixup"):  # the family's rule: the constructor trusts it
+        resnet.check(compose_config("model.init=fixup", "model.residual=false").model)
 
 
 def test_models_train_one_step_without_batchnorm():
@@ -141,3 +146,7 @@ def test_dropout_is_active_in_training_only():
     a = model(x)
     assert not torch.allclose(a, model(x))
     assert sum(isinstance(m, nn.Dropout) for m in model.modules()) == 1 + 3  # classifier, one per block
+
+
+def test_the_resnet_family_declares_the_labels_analysis_falls_back_to():
+    assert resnet.LABELS == contract.RESNET_LABELS

@@ -14,10 +14,7 @@ CLASSES = ("square", "disc", "plus", "ring", "hstripes", "vstripes", "checker", 
 class Synthetic(DataSource):
     def __init__(self, num_classes: int = 8, image_size: int = 32, train_size: int = 4096, test_size: int = 1024,
                  seed: int = 0, **split):
-        super().__init__(**split)
-        if not 2 <= num_classes <= len(CLASSES) or image_size < 12:
-            raise ValueError(f"{num_classes} classes of {image_size}-pixel images: at most {len(CLASSES)}, "
-                             "at least 12 pixels")
+        super().__init__(**split)  # harness.config.rules has checked the arguments
         self.num_classes, self.image_size, self.seed = num_classes, image_size, seed
         self.train_size, self.test_size = train_size, test_size
 

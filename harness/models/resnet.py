@@ -12,14 +12,24 @@ a strided conv as He et al., max or average pooling, Zhang 2019's blur pooling, 
 all), how convolutions pad (`padding`: zeros, or circular, which with no downsampling makes
 the network exactly invariant to circular shifts), and dropout before the classifier and
 inside the blocks.
+
+The family as the harness sees it: its schema (ResNetConfig, conf/model/resnet.yaml), its
+rules (check) and its LABELS, the words for its axes in run names, figures and claims.
 """
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from harness import contract
+from harness.config.rules import fail, fraction
+from harness.config.schema import register_model
+
+LABELS = contract.RESNET_LABELS  # analysis reads it there too, without importing the models
 
 
 class Shortcut(str, Enum):
@@ -50,6 +60,44 @@ def blocks_per_stage(depth: int) -> int:
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
         raise ValueError(f"depth {depth!r} is not 6n + 2 with n >= 1")
     return (depth - 2) // 6
+
+
+@dataclass
+class ResNetConfig:
+    _target_: str = "harness.models.resnet.CifarResNet"
+    depth: int = 20  # 6n + 2
+    residual: bool = True
+    batchnorm: bool = True
+    width: float = 1.0
+    shortcut: Shortcut = Shortcut.A
+    init: Init = Init.kaiming
+    downsample: Downsample = Downsample.stride
+    padding: Padding = Padding.zeros
+    dropout: float = 0.0  # before the classifier
+    block_dropout: float = 0.0  # after each block's first ReLU
+
+
+register_model("resnet", ResNetConfig)
+
+MAX_DEPTH = 1202
+MAX_WIDTH = 64  # 1,024 filters in the first stage, 4,096 in the last: far wider than any CIFAR study
+
+
+def check(m) -> None:
+    """What the types of ResNetConfig cannot say (harness.config.rules.validate calls it)."""
+    try:
+        blocks_per_stage(m.depth)
+    except ValueError:
+        fail(m, "depth", "is not a CIFAR ResNet depth: use 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)")
+    if m.depth > MAX_DEPTH:
+        fail(m, "depth", f"is deeper than {MAX_DEPTH}, the deepest CIFAR ResNet of He et al. (2016)")
+    if not (0 < m.width <= MAX_WIDTH) or round(16 * m.width) < 1:
+        fail(m, "width", f"must be a positive number with at least 1 filter in the first stage (width >= 0.04) "
+                         f"and at most {16 * MAX_WIDTH:,} (width <= {MAX_WIDTH})")
+    if m.init == Init.fixup and not m.residual:
+        fail(m, "init", "needs model.residual=true (Fixup zero-initialises residual branches)")
+    for key in ("dropout", "block_dropout"):
+        fraction(m, key)
 
 
 class EverySecondPixel(nn.Module):
@@ -154,10 +202,6 @@ class CifarResNet(nn.Module):
                  num_classes: int = 10, in_channels: int = 3):
         super().__init__()
         n = blocks_per_stage(depth)
-        if init == Init.fixup and not residual:
-            raise ValueError("Fixup initialisation needs residual connections")
-        if not width > 0:
-            raise ValueError(f"width {width!r} must be positive")
         fixup = init == Init.fixup
         planes = [max(1, round(16 * width * 2**i)) for i in range(3)]
 
