@@ -1,11 +1,13 @@
 """Optimisers from their YAML files, weight-decay groups, schedules at known points."""
 
 import math
+import sys
 
 import pytest
 import torch
 
-from harness.config import make_schedule, optimizer_factory
+from harness.app import main
+from harness.config import make_schedule, optimizer_factory, validate
 from harness.models.resnet import CifarResNet
 from harness.training.optim import Constant, Cosine, OneCycle, Step, build_optimizer, build_scheduler
 
@@ -104,3 +106,35 @@ def test_a_new_optimizer_is_one_yaml_file(runs_dir, tmp_path):
     assert set(jobs) == {"adagrad", "sgd"} and all(r.info.status == "FINISHED" for r in jobs.values())
     assert jobs["adagrad"].data.params["optim._target_"] == "torch.optim.Adagrad"
     assert jobs["adagrad"].data.params["optim.lr_decay"] == "0.001"
+
+
+NADAM_YAML = ("defaults:\n  - /schema/optim/any@_here_\n  - _self_\n"
+              "_target_: torch.optim.NAdam\nlr: 2e-3\nmomentum_decay: 4e-3\nweight_decay: 1e-4\n")
+
+
+def test_an_optimizer_without_a_schema_extends_the_settings_every_optimizer_has(tmp_path):
+    (tmp_path / "conf" / "optim").mkdir(parents=True)
+    (tmp_path / "conf" / "optim" / "nadam.yaml").write_text(NADAM_YAML)
+    cfg = compose_config(f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "optim=nadam")
+    validate(cfg)
+    opt = build_optimizer(CifarResNet(8), optimizer_factory(cfg.optim), cfg.optim.weight_decay,
+                          cfg.optim.decay_norm_and_bias)
+    assert type(opt) is torch.optim.NAdam and opt.param_groups[0]["momentum_decay"] == 4e-3
+    assert opt.param_groups[0]["lr"] == 2e-3 and opt.param_groups[0]["weight_decay"] == 1e-4
+
+
+@pytest.mark.parametrize("override, says", [
+    ("optim.lr=abc", "optim.lr='abc' must be a positive number"),
+    ("optim.weight_decay=abc", "optim.weight_decay='abc' must be at least 0"),
+    ("optim.momentum_decay=abc", "is refused by torch.optim.NAdam"),
+])
+def test_a_bad_value_of_an_optimizer_without_a_schema_is_one_line(override, says, monkeypatch, capsys, tmp_path):
+    (tmp_path / "conf" / "optim").mkdir(parents=True)
+    (tmp_path / "conf" / "optim" / "nadam.yaml").write_text(NADAM_YAML)
+    monkeypatch.setattr(sys, "argv", ["harness", f"hydra.searchpath=[file://{tmp_path}/conf]", "optim=nadam",
+                                      override, f"paths.runs={tmp_path}/runs"])
+    with pytest.raises(SystemExit) as exit_status:
+        main()
+    assert exit_status.value.code == 2 and not (tmp_path / "runs").exists()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], lines

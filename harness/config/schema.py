@@ -5,8 +5,9 @@ so OmegaConf checks types while Hydra composes the config: `trainer.epochs=abc` 
 `augment.flip=no` is False. A model family's schema lives in its own module (harness.models),
 which registers it with `register_model`.
 
-An optimiser's file may also do without a schema: `_target_` (a torch.optim class),
-`_partial_: true` and its settings; its class refuses what it does not take (harness.config.rules).
+An optimiser without a schema of its own extends /schema/optim/any and names its torch.optim
+class as `_target_`, with `lr` and whatever settings the class takes: its values are checked
+by the rules every optimiser shares and by the class itself (harness.config.rules).
 """
 
 from dataclasses import dataclass, field
@@ -201,11 +202,16 @@ SCHEMAS = {
 }
 
 
+# OptimConfig's own fields, untyped: a file extending it may add any setting its class takes
+ANY_OPTIMIZER = {"_partial_": True, "weight_decay": 0.0, "decay_norm_and_bias": False}
+
+
 def register() -> None:
     """Put the schemas where the YAML files find them: /schema/<group>/<name>."""
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
             ConfigStore.instance().store(group=f"schema/{group}", name=name, node=node)
+    ConfigStore.instance().store(group="schema/optim", name="any", node=ANY_OPTIMIZER)
 
 
 def register_model(name: str, schema) -> None:
