@@ -7,8 +7,7 @@
 - messages: `one_line(error)`, Hydra's and OmegaConf's composition errors in one line.
 """
 
-from harness.config.factories import (load_data, make_model, make_schedule, model_family, model_labels,
-                                      optimizer_factory)
+from harness.config.factories import load_data, make_model, make_schedule, model_labels, optimizer_factory
 from harness.config.messages import COMPOSITION_ERRORS, one_line
 from harness.config.rules import check_store, validate
 from harness.config.schema import plain, register
@@ -16,5 +15,5 @@ from harness.config.schema import plain, register
 register()
 import harness.models  # noqa: F401  every model family registers its schema there (register_model)
 
-__all__ = ["COMPOSITION_ERRORS", "check_store", "load_data", "make_model", "make_schedule", "model_family",
-           "model_labels", "one_line", "optimizer_factory", "plain", "validate"]
+__all__ = ["COMPOSITION_ERRORS", "check_store", "load_data", "make_model", "make_schedule", "model_labels",
+           "one_line", "optimizer_factory", "plain", "validate"]
