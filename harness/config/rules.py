@@ -173,11 +173,12 @@ def _check_augment(a, image_size):
 def _check_optim(o):
     if not isinstance(o.get("lr"), (int, float)) or not 0 < o.lr < math.inf:
         raise ConfigError(f"optim.lr={o.get('lr')!r} must be a positive number")
-    at_least(o, "weight_decay", 0)
-    for key in ("momentum", "eps", "alpha"):
+    for key in ("weight_decay", "momentum", "eps", "alpha"):  # weight_decay: 0 where a file leaves it out
         if key in o:
             at_least(o, key, 0)
-    if "betas" in o and not (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas)):
+    betas = o.get("betas")
+    if "betas" in o and not (OmegaConf.is_list(betas) and len(betas) == 2
+                             and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
         fail(o, "betas", "must be two numbers in [0, 1)")
     try:  # what only the optimiser knows: build it over one parameter
         optimizer_factory(o)([torch.zeros(1, requires_grad=True)])
