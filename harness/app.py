@@ -10,133 +10,48 @@ status still reports failures.
 """
 
 import contextlib
-import hashlib
 import json
 import logging
 import multiprocessing
 import os
-import secrets
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 import torch
 from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.types import RunMode
-from omegaconf import OmegaConf
 
 from harness import contract
 
 from harness.jobs import mps
 from harness.training.augment import Augment
 from harness.training.batches import Normalise, TrainBatches
-from harness.jobs.checkpoint import Checkpoints, Interrupted, StopRequests, in_submitit_job
+from harness.jobs.checkpoint import Checkpoints
+from harness.jobs.job import CHANGED_ENV, CONF_DIR, JobInfo
+from harness.jobs.outcome import Outcome
+from harness.jobs.signals import Interrupted, StopRequests, in_submitit_job
 from harness.training.compute import apply as apply_compute
 from harness.training.compute import compile_model, resolve_compute
 from harness.config import (COMPOSITION_ERRORS, check_store, load_data, make_model, make_schedule, model_labels,
                             one_line, optimizer_factory, plain, validate)
 from harness.data import Splits
 from harness.errors import ConfigError, HarnessError
-from harness.files import WriteError, reason, write_atomically
+from harness.files import WriteError, reason
 from harness.models.resnet import count_parameters
 from harness.training.optim import build_optimizer, build_scheduler
 from harness.probes import Probes
 from harness.jobs.processes import IN_USE, InUse, age, die_with_parent, hold
-from harness.jobs.sweep import DONE, JOBS_FILE, expand_sweep, read_outcome, read_parent, stop_signal, write_outcome
-from harness.tracking.store import (STORE_ERRORS, JobRun, TrackingError, device_name, flatten, from_the_store, git_state,
-                              job_name, open_experiment)
+from harness.jobs.sweep import JOBS_FILE, expand_sweep, read_parent, stop_signal
+from harness.tracking.store import (STORE_ERRORS, JobRun, TrackingError, device_name, from_the_store, job_name,
+                                    open_experiment)
 from harness.training.train import Setup, train
 
 log = logging.getLogger("harness")
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = PROJECT_ROOT / "conf"
-
-# cached resolvers are evaluated once per config, and Hydra copies the cache into every job
-OmegaConf.register_new_resolver("harness.root", lambda: str(PROJECT_ROOT), replace=True)
-OmegaConf.register_new_resolver(
-    "harness.stamp", lambda: time.strftime("%Y-%m-%d/%H-%M-%S-") + secrets.token_hex(3), use_cache=True, replace=True)
-
-
-JOB_FILE = "job.json"  # in the job folder: which sweep and job it is, its MLflow run, what it started with
-SAVED_CONFIG = ".hydra/config.yaml"  # in the job folder: the config the job started with (a resume keeps it)
-CHANGED_ENV = "HARNESS_RESUME_CHANGED"  # set by `harness.runs resume --allow-changed`: what changed since
-
-
-@dataclass
-class JobInfo:
-    """Where Hydra put this job: output folder, sweep folder (None for a single run), overrides,
-    the config file chosen for each group, and its MLflow run once it has one.
-
-    A job folder that already has a job.json is a job being resumed (harness.runs resume, or
-    a requeued cluster job): its sweep, number and run come from there, and what it started
-    with (`recorded`: JobInfo.state), which the resume compares with today's."""
-
-    output_dir: Path
-    log_file: Path
-    sweep_dir: Path | None
-    num: int
-    overrides: list
-    choices: dict = field(default_factory=dict)
-    run_id: str | None = None
-    recorded: dict | None = None
-    changed: str | None = None  # what changed since the job started, when it resumes anyway
-
-    @classmethod
-    def from_hydra(cls) -> "JobInfo":
-        hc = HydraConfig.get()
-        output_dir = Path(hc.runtime.output_dir)
-        in_sweep = hc.mode == RunMode.MULTIRUN
-        choices = {group: choice for group, choice in hc.runtime.choices.items()
-                   if choice is not None and not group.startswith(("hydra/", "schema/"))}
-        job = cls(output_dir, output_dir / f"{hc.job.name}.log", Path(hc.sweep.dir) if in_sweep else None,
-                  hc.job.num if in_sweep else 0, list(hc.overrides.task), choices)
-        if (output_dir / JOB_FILE).is_file():
-            saved = json.loads((output_dir / JOB_FILE).read_text())
-            job.sweep_dir = Path(saved["sweep_dir"]) if saved["sweep_dir"] else None
-            job.num, job.overrides, job.run_id = saved["num"], saved["overrides"], saved["run_id"]
-            job.recorded = saved.get("recorded")
-        return job
-
-    @staticmethod
-    def state(cfg) -> dict:
-        """What a job trains: a hash of its resolved config, and the checkout's git commit and
-        dirty state (`unknown` outside git)."""
-        code = git_state(Path(cfg.paths.root))
-        return {"config_sha256": config_hash(cfg), "git_commit": code["git_commit"],
-                "git_dirty": code.get("git_dirty", "unknown")}
-
-    @staticmethod
-    def started_config(folder: Path, today):
-        """The config the job in `folder` started with (its .hydra/config.yaml), typed by today's
-        schema (`today`: its config composed now); ConfigError if today's conf/ cannot hold it."""
-        try:
-            saved = OmegaConf.load(folder / SAVED_CONFIG)
-            cfg = OmegaConf.merge(today, saved)
-        except (OSError, *COMPOSITION_ERRORS) as e:
-            raise ConfigError(f"{folder / SAVED_CONFIG} cannot be trained with today's conf/: "
-                              f"{getattr(e, 'strerror', None) or one_line(e)}") from None
-        if flatten(cfg).keys() != flatten(saved).keys():  # a key today's conf/ added is not the job's
-            raise ConfigError(f"{folder / SAVED_CONFIG} cannot be trained with today's conf/, which adds "
-                              "keys: resume with the conf/ the job started with")
-        return cfg
-
-    def save(self, tracking) -> None:
-        """`tracking`: the config's store, for harness.runs sync."""
-        write_atomically(self.output_dir / JOB_FILE, json.dumps({
-            "sweep_dir": str(self.sweep_dir) if self.sweep_dir else None, "num": self.num,
-            "overrides": self.overrides, "run_id": self.run_id, "uri": tracking.uri,
-            "experiment": tracking.experiment, "recorded": self.recorded}))
-
-
-def config_hash(cfg) -> str:
-    return hashlib.sha256(json.dumps(plain(cfg), sort_keys=True).encode()).hexdigest()
 
 
 def main() -> None:
@@ -150,7 +65,7 @@ def main() -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def hydra_main(cfg) -> str:
+def hydra_main(cfg) -> Outcome:
     return run_job(cfg, JobInfo.from_hydra())
 
 
@@ -215,9 +130,16 @@ def check_runs_folder(cfg) -> None:
         raise ConfigError(f"paths.runs={str(runs)!r} is not writable: choose another folder")
 
 
-def run_job(cfg, job: JobInfo) -> str:
-    """Run one job; return its outcome ("finished", "diverged", "failed", "killed"), also
-    written to its folder. A single run exits non-zero instead of returning a failure: 2 for a
+class Ended(NamedTuple):
+    """How a job ended, and the status its process exits with instead of going on (a single
+    run that did not finish, a stopped job on SLURM); None: it returns its outcome."""
+
+    outcome: Outcome
+    exit_status: int | None = None
+
+
+def run_job(cfg, job: JobInfo) -> Outcome:
+    """Run one job; return its outcome, also written to its folder. A single run exits non-zero instead of returning a failure: 2 for a
     bad value or dataset, 1 for other errors, 128 + N when signal N stopped it, 3 (IN_USE),
     with nothing written, when another process runs the job (it holds the job folder)."""
     try:
@@ -228,35 +150,33 @@ def run_job(cfg, job: JobInfo) -> str:
         raise SystemExit(IN_USE) from None
 
 
-def _run_held_job(cfg, job: JobInfo) -> str:
+def _run_held_job(cfg, job: JobInfo) -> Outcome:
     if changed := os.environ.pop(CHANGED_ENV, None):  # harness.runs resume --allow-changed, which checked it
         cfg, job.changed = JobInfo.started_config(job.output_dir, cfg), changed
         log.warning("resuming with the config it started with; changed since: %s", changed)
     job.recorded = job.recorded or JobInfo.state(cfg)
-    outcome = "failed"
-    parent = os.getppid()
+    ended, parent = Ended(Outcome.FAILED), os.getppid()  # failed: what a second signal or an exit leaves
     try:
-        outcome = _run_job(cfg, job)
-        return outcome
-    except SystemExit as stopped:
-        outcome = getattr(stopped, "outcome", outcome)
-        raise
+        ended = _run_job(cfg, job)
     finally:
         with contextlib.suppress(WriteError):  # a full disk: without an outcome, a resume runs the job again
-            write_outcome(job.output_dir, outcome)
+            job.folder.write_outcome(ended.outcome)
         if in_joblib_worker() and os.getppid() != parent:  # the sweep's process died: no orphan stays
             logging.shutdown()
             os._exit(1)
+    if ended.exit_status is not None:
+        raise SystemExit(ended.exit_status)
+    return ended.outcome
 
 
-def _run_job(cfg, job: JobInfo) -> str:
+def _run_job(cfg, job: JobInfo) -> Ended:
     if job.sweep_dir is not None and stop_signal(job.sweep_dir):
         log.warning("not started: the sweep was told to stop")
-        return "killed"
-    done = read_outcome(job.output_dir)
-    if done in DONE:  # SLURM reran a job that had already finished (a late requeue)
+        return Ended(Outcome.KILLED)
+    done = job.folder.outcome()
+    if done and done.done:  # SLURM reran a job that had already finished (a late requeue)
         log.warning("not run again: this job already %s", done)
-        return done
+        return Ended(done)
     if in_joblib_worker():
         die_with_parent()  # if the sweep's process dies, stop as if sent SIGTERM
     run = None
@@ -278,16 +198,16 @@ def _run_job(cfg, job: JobInfo) -> str:
             run.log_text(setup.probes.layer_table(), contract.LAYER_TABLE)
             run.metrics.add(0, {f"perf/startup_{phase}": seconds for phase, seconds in startup.items()})
             checkpoints = Checkpoints(job.output_dir, cfg.trainer.checkpoint_every, run.run_id, stop)
-            outcome = train(setup, cfg.trainer, run.metrics, checkpoints=checkpoints, label=_label(job, parent))
+            trained = train(setup, cfg.trainer, run.metrics, checkpoints=checkpoints, label=_label(job, parent))
             for text, name in ((setup.probes.shift_table(), contract.SHIFT_TABLE),
                                (setup.probes.invariance_table(), contract.INVARIANCE_TABLE),
                                (setup.probes.sample_table(), contract.SHIFT_SAMPLE)):
                 if text:
                     run.log_text(text, name)
             run.log_artifacts(job, cfg, setup.model)
-            run.finish(outcome.status, outcome.final)
+            run.finish(trained.status, trained.final)
             checkpoints.path.unlink(missing_ok=True)  # nothing left to resume
-            return outcome.status
+            return Ended(trained.status)
         except BaseException as e:
             return _record_failure(e, run, job, stop)
 
@@ -328,9 +248,9 @@ def _open_run(client, experiment_id, cfg, job: JobInfo, parent) -> JobRun:
     return run
 
 
-def _record_failure(error: BaseException, run: JobRun | None, job: JobInfo, stop: StopRequests) -> str:
+def _record_failure(error: BaseException, run: JobRun | None, job: JobInfo, stop: StopRequests) -> Ended:
     """Log the error (one line if it is the user's to fix), end the run, and return the outcome
-    (a sweep goes on) or, for a single run, exit with its status.
+    (a sweep goes on) and, for a single run, the status to exit with.
 
     A job on SLURM stopped by a signal returns nothing, so that submitit writes no result:
     SLURM reruns a requeued job (SIGTERM), submitit requeues one warned by SIGUSR2, and the
@@ -354,22 +274,17 @@ def _record_failure(error: BaseException, run: JobRun | None, job: JobInfo, stop
     if not isinstance(error, Exception):  # KeyboardInterrupt (a second signal), SystemExit: let it through
         raise error
     if isinstance(error, Interrupted) and (job.sweep_dir is None or in_submitit_job()):
-        write_outcome(job.output_dir, "killed")
         if error.signum == signal.SIGUSR2:
             try:
                 stop.pass_on(error.signum)  # submitit's: it requeues the job and exits
             except Exception as e:  # out of requeues (max_num_timeout): the launcher records it killed
                 log.warning("not requeued: %s", str(e).strip().splitlines()[0][:200])
-        stopped = SystemExit(128 + error.signum)
-        stopped.outcome = "killed"
-        raise stopped
-    outcome = "killed" if isinstance(error, (Interrupted, WriteError)) else "failed"
+        return Ended(Outcome.KILLED, 128 + error.signum)
+    outcome = Outcome.KILLED if isinstance(error, (Interrupted, WriteError)) else Outcome.FAILED
     if job.sweep_dir is None:
         bad_input = isinstance(error, HarnessError) and not isinstance(error, (TrackingError, WriteError))
-        stopped = SystemExit(2 if bad_input else 1)
-        stopped.outcome = outcome
-        raise stopped
-    return outcome
+        return Ended(outcome, 2 if bad_input else 1)
+    return Ended(outcome)
 
 
 def build(cfg, splits: Splits | None = None, startup: dict | None = None) -> Setup:

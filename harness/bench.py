@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from harness import contract
-from harness.app import PROJECT_ROOT, build
+from harness.app import build
+from harness.jobs.job import PROJECT_ROOT
 from harness.training.compute import resolve_device, usable_cpus
 from harness.config import load_data, make_model
 from harness.training.syncs import HostSyncs

@@ -4,6 +4,7 @@ that may fail (a full disk) without spoiling what was written before."""
 import contextlib
 import errno
 import fcntl
+import io
 import os
 from pathlib import Path
 
@@ -83,3 +84,13 @@ def try_folder_lock(folder: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def save_tensors(tensors: dict, path: Path) -> None:
+    """torch.save, atomically; a write that fails is a WriteError naming the file, not torch's
+    RuntimeError from deep inside its zip writer (so it is serialised in memory first)."""
+    import torch  # here only: the processes and folders that use the rest of this module need no torch
+
+    data = io.BytesIO()
+    torch.save(tensors, data)
+    write_atomically(path, data.getbuffer())

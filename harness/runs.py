@@ -34,16 +34,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from harness import contract
-from harness.app import CHANGED_ENV, CONF_DIR, JOB_FILE, PROJECT_ROOT, SAVED_CONFIG, JobInfo
-from harness.config import COMPOSITION_ERRORS, one_line
+from harness.config import COMPOSITION_ERRORS
 from harness.errors import ConfigError, HarnessError
+from harness.jobs.folder import JOB_FILE, JobFolder, JobRecord
+from harness.jobs.job import CHANGED_ENV, PROJECT_ROOT, JobInfo, compose_today
 from harness.jobs.processes import IN_USE, InUse, alive, die_with_parent, hold, holder
-from harness.jobs.sweep import DONE, JOBS_FILE, PARENT_FILE, Sweep, read_outcome, stop_signal
-from harness.tracking.store import STORE_ERRORS, MetricBuffer, bound_http_retries, flatten, open_experiment, redact
+from harness.jobs.sweep import JOBS_FILE, PARENT_FILE, Sweep, read_parent, request_stop, stop_signal
+from harness.tracking.store import (STORE_ERRORS, MetricBuffer, bound_http_retries, end_killed, flatten,
+                                    open_experiment, redact)
 
 DEFAULT_RUNS = PROJECT_ROOT / "runs"
 
@@ -80,13 +80,13 @@ def resume_target(target: str, runs: Path, allow_changed: bool = False) -> int:
     path = Path(target)
     if (path / PARENT_FILE).is_file():
         return resume_sweep(path, allow_changed)
-    if (path / JOB_FILE).is_file():
+    if JobFolder(path).has_record():
         check_not_held([path])
         changes = check_unchanged([path], allow_changed)
-        status = relaunch(path, json.loads((path / JOB_FILE).read_text())["overrides"], changes.get(path))
+        status = relaunch(path, JobFolder(path).read().overrides, changes.get(path))
         if status == IN_USE:  # another resume's job took the folder first
             return status
-        return 0 if read_outcome(path) in DONE else status or 1
+        return 0 if JobFolder(path).done() else status or 1
     if (runs / "multirun" / target / PARENT_FILE).is_file():
         return resume_sweep(runs / "multirun" / target, allow_changed)
     raise HarnessError(f"{target} is neither a sweep folder, a job folder with {JOB_FILE}, nor a sweep id "
@@ -96,7 +96,7 @@ def resume_target(target: str, runs: Path, allow_changed: bool = False) -> int:
 def resume_sweep(folder: Path, allow_changed: bool = False) -> int:
     with hold(folder):  # one resume of a sweep at a time
         jobs = json.loads((folder / JOBS_FILE).read_text())
-        todo = [(num, overrides) for num, overrides in enumerate(jobs) if read_outcome(folder / str(num)) not in DONE]
+        todo = [(num, overrides) for num, overrides in enumerate(jobs) if not JobFolder(folder / str(num)).done()]
         check_not_held([folder / str(num) for num, _ in todo])
         changes = check_unchanged([folder / str(num) for num, _ in todo], allow_changed)
         print(f"sweep {folder}: {len(jobs) - len(todo)} of {len(jobs)} jobs done, resuming {len(todo)}", flush=True)
@@ -105,17 +105,17 @@ def resume_sweep(folder: Path, allow_changed: bool = False) -> int:
 
 def _resume_jobs(folder: Path, todo: list, changes: dict) -> int:
     sweep = Sweep.reopen(folder)
+    store = read_parent(folder)
     for num, overrides in todo:
-        job = folder / str(num)
-        job.mkdir(exist_ok=True)
-        if not (job / JOB_FILE).is_file():  # it never made a run: it starts again, in its sweep
-            (job / JOB_FILE).write_text(json.dumps({"sweep_dir": str(folder), "num": num, "overrides": overrides,
-                                                    "run_id": None}))
-        status = relaunch(job, overrides, changes.get(job))
+        job = JobFolder(folder / str(num))
+        job.path.mkdir(exist_ok=True)
+        if not job.has_record():  # it never made a run: it starts again, in its sweep
+            job.write(JobRecord(folder, num, overrides, uri=store["uri"], experiment=store["experiment"]))
+        status = relaunch(job.path, overrides, changes.get(job.path))
         if status == IN_USE:  # a job resumed on its own took the folder first: it is not this sweep's to end
             return status
         if status >= 128 or stop_signal(folder):  # the resume was stopped too
-            (folder / "stop").write_text(str(status - 128 if status >= 128 else stop_signal(folder)))
+            request_stop(folder, status - 128 if status >= 128 else stop_signal(folder))
             break
     failed = sweep.end(completed=True)
     if stopped := stop_signal(folder):
@@ -142,7 +142,7 @@ def check_unchanged(jobs: list, allow_changed: bool) -> dict:
                           "resumes it anyway, training the config it started with)")
     for job in changes:  # the resumed job trains its started config, typed by today's schema: check it can
         try:
-            JobInfo.started_config(job, compose_today(json.loads((job / JOB_FILE).read_text())["overrides"]))
+            JobInfo.started_config(job, compose_today(JobFolder(job).read().overrides))
         except ConfigError as e:
             raise ConfigError(f"job {job} cannot be resumed even with --allow-changed: {e}") from None
     return changes
@@ -152,12 +152,12 @@ def changed_since_start(job: Path) -> str | None:
     """How today's config (conf/ composed with the job's overrides, as a relaunch composes it)
     and code differ from those the job recorded when it started; None if they do not, or if it
     recorded none (it never started, or started before the harness recorded them)."""
-    saved = json.loads((job / JOB_FILE).read_text()) if (job / JOB_FILE).is_file() else {}
-    recorded = saved.get("recorded")
+    saved = JobFolder(job).read() if JobFolder(job).has_record() else None
+    recorded = saved.recorded if saved else None
     if not isinstance(recorded, dict):
         return None
     try:
-        today = compose_today(saved["overrides"])
+        today = compose_today(saved.overrides)
     except ConfigError as e:
         return f"conf/ no longer composes its overrides ({e})"
     now = JobInfo.state(today)
@@ -168,19 +168,10 @@ def changed_since_start(job: Path) -> str | None:
     return "; ".join(changes) or None
 
 
-def compose_today(overrides: list):
-    """The config a relaunch with these overrides composes from today's conf/."""
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose("config", overrides=overrides)
-    except (*COMPOSITION_ERRORS, ValueError) as e:
-        raise ConfigError(one_line(e)) from None
-
-
 def config_changes(job: Path, today) -> str:
     """The config values that differ between the job's saved config and today's: `data.seed 0 -> 1`."""
     try:
-        before, after = flatten(OmegaConf.load(job / SAVED_CONFIG)), flatten(today)
+        before, after = flatten(OmegaConf.load(JobFolder(job).saved_config)), flatten(today)
     except (OSError, *COMPOSITION_ERRORS):
         return "its config (its saved copy cannot be read to say where)"
     differ = [f"{key} {before.get(key, '(none)')} -> {after.get(key, '(none)')}"
@@ -195,7 +186,7 @@ def relaunch(job: Path, overrides: list, changed: str | None = None) -> int:
     SIGTERM (it checkpoints and stops: no orphan trains on). `changed`: what changed since the
     job started, when it resumes anyway (--allow-changed): it then trains its saved config."""
     print(f"job {job}: {' '.join(redact(o) for o in overrides)}", flush=True)
-    keep_saved = ["hydra.output_subdir=null"] if (job / SAVED_CONFIG).is_file() else []
+    keep_saved = ["hydra.output_subdir=null"] if JobFolder(job).saved_config.is_file() else []
     command = [sys.executable, "-m", "harness", *overrides, f"hydra.run.dir={job}", *keep_saved]
     env = {**os.environ, **({CHANGED_ENV: changed} if changed else {})}
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, preexec_fn=die_with_parent)
@@ -231,9 +222,7 @@ def list_stale(uri: str, fix: bool) -> int:
             stale.append(run)
     if fix:
         for run in stale:
-            client.set_tag(run.info.run_id, contract.OUTCOME, "killed")
-            client.set_tag(run.info.run_id, contract.KILLED_BY, "harness.runs stale --fix: its process was gone")
-            client.set_terminated(run.info.run_id, "KILLED")
+            end_killed(client, run.info.run_id, "harness.runs stale --fix: its process was gone")
     print(f"{len(running)} running, {len(stale)} stale" + (", ended KILLED" if fix and stale else ""))
     return 0
 
@@ -269,19 +258,17 @@ def _client(uri: str):
 
 
 def sync_job(folder: Path) -> int:
-    if not (folder / JOB_FILE).is_file():
+    if not JobFolder(folder).has_record():
         raise HarnessError(f"{folder} is not a job folder: it has no {JOB_FILE}")
-    job = json.loads((folder / JOB_FILE).read_text())
-    client, _ = open_experiment(job["uri"], job["experiment"])
-    sent = MetricBuffer(client, job["run_id"], folder).send_kept()
-    run = client.get_run(job["run_id"])
+    job = JobFolder(folder).read()
+    client, _ = open_experiment(job.uri, job.experiment)
+    sent = MetricBuffer(client, job.run_id, folder).send_kept()
+    run = client.get_run(job.run_id)
     tags = run.data.tags
     gone = run.info.status == "RUNNING" and tags.get("host") == socket.gethostname() and tags.get("pid") and \
         alive(int(tags["pid"]), tags.get("pid_start")) is False
     if gone:
-        client.set_tag(run.info.run_id, contract.OUTCOME, "killed")
-        client.set_tag(run.info.run_id, contract.KILLED_BY, "harness.runs sync: its process was gone")
-        client.set_terminated(run.info.run_id, "KILLED")
+        end_killed(client, run.info.run_id, "harness.runs sync: its process was gone")
     print(f"{folder}: sent {sent} kept metric points to run {run.info.run_id}"
           + ("; its process was gone: ended KILLED (python -m harness.runs resume continues it)" if gone else ""))
     return 0

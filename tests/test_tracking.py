@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from harness.app import JobInfo
+from harness.jobs.job import JobInfo
 from harness.tracking.store import JobRun, MetricBuffer, open_experiment, short_name
 
 from conftest import PROJECT_ROOT, run_cli, start_mlflow_server, stop_process_group

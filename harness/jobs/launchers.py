@@ -16,6 +16,8 @@ import logging
 
 from hydra.core.utils import JobReturn, JobStatus
 
+from harness.jobs.outcome import Outcome
+
 log = logging.getLogger(__name__)
 
 
@@ -38,7 +40,7 @@ def record_jobs_without_result_as_killed() -> None:
             return results(job)
         except UncompletedJobError:
             log.warning("job %s ended without a result: recorded as killed", job.job_id)
-            return [JobReturn(status=JobStatus.COMPLETED, _return_value="killed")]
+            return [JobReturn(status=JobStatus.COMPLETED, _return_value=Outcome.KILLED)]
 
     results_or_killed.harness = True
     core.Job.results = results_or_killed

@@ -5,7 +5,7 @@ the sweep was told to stop.
 
 Files in the sweep folder: `mlflow_parent_run.json` (the parent run), `jobs.json` (every job's
 overrides, in job-number order: what `harness.runs resume` relaunches), `stop` (the signal the
-sweep got). In each job folder: `outcome.txt` (finished, diverged, failed or killed).
+sweep got). Each job's folder and its files: harness.jobs.folder.
 """
 
 import atexit
@@ -25,20 +25,20 @@ from mlflow.entities import RunTag
 from harness import contract
 
 from harness.jobs import mps
-from harness.jobs.checkpoint import REPEAT_WINDOW_S, STOP_SIGNALS
 from harness.files import write_atomically
+from harness.jobs.folder import JobFolder
 from harness.jobs.launchers import record_jobs_without_result_as_killed, uses_submitit
+from harness.jobs.outcome import Outcome
 from harness.jobs.processes import worker_children
-from harness.tracking.store import (STORE_ERRORS, TrackingError, forget_interruption, git_state, open_experiment, redact,
-                              this_process)
+from harness.jobs.signals import REPEAT_WINDOW_S, STOP_SIGNALS
+from harness.tracking.store import (STORE_ERRORS, TrackingError, end_killed, forget_interruption, git_state,
+                                    open_experiment, redact, this_process)
 
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent_run.json"  # in the sweep folder: how jobs find their parent run
 JOBS_FILE = "jobs.json"
 STOP_FILE = "stop"
-OUTCOME_FILE = "outcome.txt"  # in each job's folder
-DONE = ("finished", "diverged")  # outcomes a resume leaves alone
 
 
 class Sweep:
@@ -79,7 +79,7 @@ class Sweep:
         client, _ = open_experiment(info["uri"], info["experiment"], timeout)
         client.update_run(info["run_id"], status="RUNNING")
         # harness.runs stale must see this process, not the one that was interrupted
-        forget_interruption(client, info["run_id"], {**this_process(), contract.OUTCOME: "running"})
+        forget_interruption(client, info["run_id"], {**this_process(), contract.OUTCOME: Outcome.RUNNING})
         (folder / STOP_FILE).unlink(missing_ok=True)
         return cls(client, info["run_id"], folder, info["sweep_id"])
 
@@ -94,10 +94,10 @@ class Sweep:
         if self.ended:
             return 0
         self.ended = True
-        outcomes = [read_outcome(folder.parent) for folder in sorted(self.folder.glob("*/.hydra"))]
-        killed = outcomes.count("killed")
-        failed = sum(o not in DONE for o in outcomes) - killed
-        diverged = outcomes.count("diverged")
+        outcomes = [JobFolder(folder.parent).outcome() for folder in sorted(self.folder.glob("*/.hydra"))]
+        killed = outcomes.count(Outcome.KILLED)
+        failed = sum(o is None or not o.done for o in outcomes) - killed  # None: it never ended
+        diverged = outcomes.count(Outcome.DIVERGED)
         stopped = stop_signal(self.folder)
         info = read_parent(self.folder)
         try:
@@ -140,9 +140,7 @@ class Sweep:
             [experiment_id],
             f"tags.`{contract.PARENT}` = '{self.run_id}' and attributes.status = 'RUNNING'")
         for run in children:
-            self.client.set_tag(run.info.run_id, contract.OUTCOME, "killed")
-            self.client.set_tag(run.info.run_id, contract.KILLED_BY, "the sweep's end: its process was gone")
-            self.client.set_terminated(run.info.run_id, "KILLED")
+            end_killed(self.client, run.info.run_id, "the sweep's end: its process was gone")
 
 
 def ui_address(info: dict) -> str:
@@ -161,15 +159,6 @@ def expand_sweep(params: dict, overrides: list) -> list:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def write_outcome(job_dir: Path, outcome: str) -> None:
-    write_atomically(job_dir / OUTCOME_FILE, outcome)
-
-
-def read_outcome(job_dir: Path) -> str:
-    path = job_dir / OUTCOME_FILE
-    return path.read_text().strip() if path.is_file() else "unknown"
-
-
 def read_parent(sweep_dir: Path) -> dict:
     path = sweep_dir / PARENT_FILE
     if not path.is_file():
@@ -183,17 +172,22 @@ def stop_signal(sweep_dir: Path) -> int | None:
     return int(path.read_text()) if path.is_file() else None
 
 
+def request_stop(sweep_dir: Path, signum: int) -> None:
+    """Tell the sweep's jobs that signal `signum` stopped it: none starts after."""
+    write_atomically(sweep_dir / STOP_FILE, str(signum))
+
+
 def stop_sweep_on_signals(sweep_dir: Path) -> None:
     """In the sweep's main process: SIGTERM or SIGINT mark the sweep stopped (no job starts
     after) and are passed to the joblib workers, whose jobs then checkpoint and end KILLED; a
-    second one stops at once. Jobs in this process chain to this handler (harness.jobs.checkpoint)."""
+    second one stops at once. Jobs in this process chain to this handler (harness.jobs.signals)."""
     def handler(signum, frame):
         if stop_signal(sweep_dir) is not None:
             if time.monotonic() - handler.first > REPEAT_WINDOW_S:
                 raise KeyboardInterrupt
             return  # the same request again (a terminal's Ctrl-C also reaches every worker)
         handler.first = time.monotonic()
-        write_atomically(sweep_dir / STOP_FILE, str(signum))
+        request_stop(sweep_dir, signum)
         log.warning("sweep: %s received, stopping at the next step boundary", signal.Signals(signum).name)
         for pid in worker_children():
             os.kill(pid, signum)

@@ -27,10 +27,12 @@ import torch
 from omegaconf import BooleanNode, OmegaConf
 
 from harness import contract
-from harness.jobs.checkpoint import Interrupted, save_tensors
 from harness.errors import ConfigError, HarnessError
-from harness.files import WriteError, append, folder_lock, reason, write_atomically
+from harness.files import WriteError, append, folder_lock, reason, save_tensors, write_atomically
+from harness.jobs.folder import SENT_FILE, UNSENT_FILE
+from harness.jobs.outcome import Outcome
 from harness.jobs.processes import start_time
+from harness.jobs.signals import Interrupted
 
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run" per run
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file, now that tqdm is installed
@@ -304,7 +306,7 @@ class JobRun:
         metrics the journal kept are sent first."""
         job_run = cls(client, run_id, job.output_dir)
         client.update_run(run_id, status="RUNNING")
-        forget_interruption(client, run_id, {**this_process(), contract.OUTCOME: "running"})
+        forget_interruption(client, run_id, {**this_process(), contract.OUTCOME: Outcome.RUNNING})
         job_run.metrics.send_kept()
         return job_run
 
@@ -346,7 +348,7 @@ class JobRun:
         signal or Ctrl-C, or by a file it could not write (a full disk is no fault of the job's:
         tag `killed_by` says which file, and `harness.runs resume` continues it once there is
         room). A store that cannot be reached leaves the run as it is."""
-        killed = isinstance(error, (Interrupted, KeyboardInterrupt, WriteError))
+        outcome = Outcome.KILLED if isinstance(error, (Interrupted, KeyboardInterrupt, WriteError)) else Outcome.FAILED
         trace = job.output_dir / "traceback.txt"
         try:
             write_atomically(trace, redact("".join(traceback.format_exception(error))))
@@ -357,23 +359,31 @@ class JobRun:
         try:
             with contextlib.suppress(WriteError):  # points it cannot keep are computed again on resume
                 self.metrics.flush()
-            self.set_tags({contract.ERROR: _error_line(error), contract.OUTCOME: "killed" if killed else "failed",
+            self.set_tags({contract.ERROR: _error_line(error), contract.OUTCOME: outcome,
                            **({contract.KILLED_BY: str(error)} if isinstance(error, WriteError) else {})})
             if trace:
                 self.client.log_artifact(self.run_id, str(trace))
             self.log_job_log(job)
-            self.client.set_terminated(self.run_id, "KILLED" if killed else "FAILED")
+            self.client.set_terminated(self.run_id, outcome.mlflow_status)
         except (TrackingError, *STORE_ERRORS) as e:
             log.error("could not record the run's end in MLflow (%s): `python -m harness.runs stale --fix` "
                       "ends it later", _first_line(e))
 
-    def finish(self, outcome: str, final: dict | None = None) -> None:
+    def finish(self, outcome: Outcome, final: dict | None = None) -> None:
         """End the run; its description (top of its page in the UI) gives the headline metrics."""
         self.metrics.flush()
         headline = [f"{key} **{final[key]:.4f}**" for key in contract.HEADLINE if key in (final or {})]
-        self.set_tags({contract.OUTCOME: outcome, contract.DIVERGED: str(outcome == "diverged").lower(),
+        self.set_tags({contract.OUTCOME: outcome, contract.DIVERGED: str(outcome == Outcome.DIVERGED).lower(),
                        **({contract.NOTE: f"{outcome}: " + ", ".join(headline)} if headline else {})})
-        self.client.set_terminated(self.run_id, "FINISHED")
+        self.client.set_terminated(self.run_id, outcome.mlflow_status)
+
+
+def end_killed(client, run_id: str, killed_by: str) -> None:
+    """End a run KILLED whose own process cannot (it is gone): `killed_by` says who ended it and
+    why. A resume continues it."""
+    client.set_tag(run_id, contract.OUTCOME, Outcome.KILLED)
+    client.set_tag(run_id, contract.KILLED_BY, killed_by)
+    client.set_terminated(run_id, Outcome.KILLED.mlflow_status)
 
 
 INTERRUPTION_TAGS = (contract.ERROR, contract.KILLED_BY)  # what an interrupted attempt left on its run
@@ -416,7 +426,7 @@ class MetricBuffer:
     stopped answering leaves the file for `python -m harness.runs sync`.
     """
 
-    UNSENT, SENT = "metrics_unsent.jsonl", "metrics_sent.json"
+    UNSENT, SENT = UNSENT_FILE, SENT_FILE
 
     def __init__(self, client, run_id, journal: Path | None = None):
         self.client, self.run_id, self.journal = client, run_id, journal

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 
 from harness import contract
 from harness.training.batches import Normalise, TrainBatches, eval_batches
-from harness.jobs.checkpoint import Checkpoints, Interrupted
+from harness.jobs.checkpoint import Checkpoints
+from harness.jobs.outcome import Outcome
+from harness.jobs.signals import Interrupted
 from harness.training.compute import Compute
 from harness.data import Splits
 from harness.probes import Probes
@@ -47,8 +49,10 @@ class Setup:
 
 
 @dataclass
-class Outcome:
-    status: str  # "finished" or "diverged"
+class Trained:
+    """How training ended, after how many steps."""
+
+    status: Outcome  # finished or diverged
     steps: int
     final: dict = field(default_factory=dict)  # last value of each metric, on the host
 
@@ -99,7 +103,7 @@ class TrainWindow:
 
 
 def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext, checkpoints: Checkpoints | None = None,
-          label: str | None = "") -> Outcome:
+          label: str | None = "") -> Trained:
     """Train for the configured steps; log to `metrics` (a tracking.MetricBuffer); show
     progress (harness.training.progress) under `label`, or none if it is None.
 
@@ -179,11 +183,11 @@ def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext, checkpoi
             log.info("epoch %d/%d step %d: %s", epoch, epochs, step, _summary(final, images_per_sec))
             if not math.isfinite(final[contract.TRAIN_LOSS]):
                 log.warning("training loss is %s at step %d: the run diverged, stopping", final[contract.TRAIN_LOSS], step)
-                return Outcome("diverged", step, final)
+                return Trained(Outcome.DIVERGED, step, final)
 
         final.update(final_test(setup, step, eval_batch, metrics, progress))
     log.info("test: loss %.4f, accuracy %.4f", final[contract.TEST_LOSS], final[contract.TEST_ACC])
-    return Outcome("finished", step, final)
+    return Trained(Outcome.FINISHED, step, final)
 
 
 def _probe(progress, probes, prefix, split, step, x, y, normalise, eval_batch, mixed, metrics):
