@@ -29,8 +29,7 @@ from harness.training.compute import COMPILE_CHOICES, Precision
 from harness.errors import ConfigError
 from harness.jobs.mps import MpsMode
 from harness.models.resnet import Downsample, Init, Padding, Shortcut, blocks_per_stage
-from harness.probes.invariance import Family
-from harness.probes.shift import ShiftMode
+from harness.probes import check_probes
 
 # ---------------------------------------------------------------- the schemas
 
@@ -160,39 +159,6 @@ class OneCycleConfig(ScheduleConfig):
 
 
 @dataclass
-class ShiftProbeConfig:
-    max: int = 4
-    mode: ShiftMode = ShiftMode.circular
-    images: int = 500  # of the test split, scored at the end
-    val_images: int = 100  # of the validation split, scored at each validation
-    seed: int = 0
-
-
-@dataclass
-class LandscapeProbeConfig:
-    every: int = 0
-    etas: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
-
-
-@dataclass
-class InvarianceProbeConfig:
-    families: List[Family] = field(default_factory=lambda: list(Family))  # scored on probes.shift's samples
-    rotation: float = 15.0  # degrees: 7 angles in [-rotation, rotation]
-    scale: float = 0.2  # 5 factors in [1 - scale, 1 + scale]
-    brightness: float = 0.2  # added: -b, 0, b (units of the pixel range) ...
-    contrast: float = 0.2  # ... times contrast 1 - c, 1, 1 + c about the image's mean
-
-
-@dataclass
-class ProbesConfig:
-    grad_every: int = 50
-    grad_dense: int = 20
-    shift: ShiftProbeConfig = field(default_factory=ShiftProbeConfig)
-    invariance: InvarianceProbeConfig = field(default_factory=InvarianceProbeConfig)
-    landscape: LandscapeProbeConfig = field(default_factory=LandscapeProbeConfig)
-
-
-@dataclass
 class TrainerConfig:
     epochs: int = 30
     steps: Optional[int] = None
@@ -224,7 +190,7 @@ SCHEMAS = {
     "augment": {"augment": AugmentConfig},
     "optim": {"sgd": SGDConfig, "adam": AdamConfig, "rmsprop": RMSpropConfig},
     "schedule": {"constant": ConstantConfig, "step": StepConfig, "cosine": CosineConfig, "onecycle": OneCycleConfig},
-    "probes": {"probes": ProbesConfig},
+    "probes": {},  # each probe's schema is in its module (harness/probes/)
     "trainer": {"trainer": TrainerConfig},
     "tracking": {"tracking": TrackingConfig},
 }
@@ -264,7 +230,7 @@ def validate(cfg, image_size: int | None = None, train_images: int | None = None
     _check_augment(cfg.augment, image_size)
     _check_optim(cfg.optim)
     _check_schedule(cfg.schedule)
-    _check_probes(cfg.probes, image_size)
+    check_probes(cfg.probes, image_size)
     _check_trainer(cfg.trainer)
     _check_sizes(cfg, train_images or declared_train_images(cfg.data))
     _check_seeds(cfg)
@@ -468,24 +434,6 @@ def _check_schedule(s):
             _fraction(s, key, high_open=False)
 
 
-def _check_probes(p, image_size):
-    for key in ("grad_every", "grad_dense"):
-        _at_least(p, key, 0)
-    _at_least(p.shift, "max", 0)
-    _at_least(p.shift, "images", 0)
-    _at_least(p.shift, "val_images", 0)
-    if image_size and p.shift.max >= image_size:
-        _fail(p.shift, "max", f"must be smaller than the {image_size}-pixel images")
-    if not 0 <= p.invariance.rotation <= 180:
-        _fail(p.invariance, "rotation", "must be in [0, 180] degrees")
-    for key in ("scale", "brightness", "contrast"):
-        _fraction(p.invariance, key)
-    _at_least(p.landscape, "every", 0)
-    etas = p.landscape.etas
-    if not etas or not all(math.isfinite(e) and e >= 0 for e in etas):
-        _fail(p.landscape, "etas", "must be a non-empty list of numbers >= 0 (multiples of the learning rate)")
-
-
 def _check_trainer(t):
     for key in ("epochs", "batch_size", "eval_every", "log_every", "eval_batch_size"):
         _at_least(t, key, 1, "must be a positive integer")
@@ -511,7 +459,7 @@ def _check_trainer(t):
                            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
 
 
-SEEDS = ("trainer.seed", "data.split_seed", "data.seed", "probes.shift.seed")
+SEEDS = ("trainer.seed", "data.split_seed", "data.seed", "probes.shift.seed", "probes.invariance.seed")
 URI_BREAKERS = "?%"  # a query, a %-escape: in a sqlite:// URI each moves the store elsewhere
 MLFLOW_EXPERIMENT_NAME = 500  # MLflow's longest experiment name
 MLFLOW_PARAM_VALUE = 6000  # MLflow's longest parameter value: every config value is logged as one
