@@ -26,8 +26,6 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from harness import contract
-
 from harness.jobs import mps
 from harness.training.augment import Augment
 from harness.training.batches import Normalise, TrainBatches
@@ -195,21 +193,24 @@ def _run_job(cfg, job: JobInfo) -> Ended:
             run.set_tags({"device": device_name(setup.device), **setup.compute.describe(),
                           "num_parameters": count_parameters(setup.model),
                           **({"resumed_with_changed_config": job.changed} if job.changed else {})})
-            run.log_text(setup.probes.layer_table(), contract.LAYER_TABLE)
+            _log_tables(run, setup.probes)
             run.metrics.add(0, {f"perf/startup_{phase}": seconds for phase, seconds in startup.items()})
             checkpoints = Checkpoints(job.output_dir, cfg.trainer.checkpoint_every, run.run_id, stop)
             trained = train(setup, cfg.trainer, run.metrics, checkpoints=checkpoints, label=_label(job, parent))
-            for text, name in ((setup.probes.shift_table(), contract.SHIFT_TABLE),
-                               (setup.probes.invariance_table(), contract.INVARIANCE_TABLE),
-                               (setup.probes.sample_table(), contract.SHIFT_SAMPLE)):
-                if text:
-                    run.log_text(text, name)
+            _log_tables(run, setup.probes)
             run.log_artifacts(job, cfg, setup.model)
             run.finish(trained.status, trained.final)
             checkpoints.path.unlink(missing_ok=True)  # nothing left to resume
             return Ended(trained.status)
         except BaseException as e:
             return _record_failure(e, run, job, stop)
+
+
+def _log_tables(run: JobRun, probes: Probes) -> None:
+    """The probes' tables known so far: before training (layers.csv), so a run that fails has
+    them too, and once it has ended."""
+    for name, text in probes.tables().items():
+        run.log_text(text, name)
 
 
 def _startup_of_process() -> dict:

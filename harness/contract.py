@@ -44,7 +44,7 @@ TRAIN_LOSS, TRAIN_ACC, LR = "train/loss", "train/acc", "lr"
 VAL_LOSS, VAL_ACC = "val/loss", "val/acc"
 TEST_LOSS, TEST_ACC = "test/loss", "test/acc"
 EPOCH_TIME, IMAGES_PER_SEC = "perf/epoch_time_s", "perf/images_per_sec"
-GRAD_NORM, WEIGHT_NORM, UPDATE_RATIO = "grad_norm/", "weight_norm/", "update_ratio/"  # + NNN_<layer>
+GRAD_NORM = "grad_norm/"  # + NNN_<layer>
 GRAD_NORM_TOTAL = "grad_norm/total"
 SHIFT_CONSISTENCY, SHIFT_CONSISTENCY_SE, SHIFT_INSTABILITY, SHIFT_PROB_CHANGE = (
     "shift_consistency", "shift_consistency_se", "shift_instability_1px", "shift_prob_change_1px")  # after val/, test/
@@ -55,7 +55,6 @@ CONSISTENCY = "consistency"  # <family>_consistency and <family>_consistency_se,
 FAMILY_ACC = "/acc_at"  # <family>/acc_at: test accuracy at each point of the family's grid (step = index)
 LANDSCAPE_LOSS_VARIATION = "landscape/loss_variation"
 LANDSCAPE_GRAD_PREDICTIVENESS = "landscape/grad_predictiveness"
-LANDSCAPE_BETA_SMOOTHNESS = "landscape/beta_smoothness"
 
 HEADLINE = (TRAIN_LOSS, VAL_ACC, TEST_ACC, f"test/{SHIFT_CONSISTENCY}")  # what a reader looks for first
 

@@ -58,7 +58,7 @@ def test_eight_slurm_jobs_log_every_point_through_one_postgres_backed_server(slu
     server, database = server
     runs_dir = tmp_path / "runs"
     result = sweep(slurm, "model.residual=true,false", "model.batchnorm=true,false", "trainer.seed=0,1",
-                   "model.depth=8", "data=synthetic", "trainer=smoke", "trainer.steps=8", "probes.grad_every=1",
+                   "model.depth=8", "data=synthetic", "trainer=smoke", "trainer.steps=8", "probes.grad_norms.every=1",
                    "probes.shift.images=32", "probes.shift.val_images=16", "hydra.launcher.array_parallelism=8",
                    runs_dir=runs_dir, uri=server)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -76,7 +76,7 @@ def test_eight_slurm_jobs_log_every_point_through_one_postgres_backed_server(slu
         # every point, against the job's own schedule (8 steps, a point every 4; grad norms at every step)
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [4, 8]
         assert [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm/000_stem.conv")] == list(range(8))
-        layers = sum(1 for key in run.data.metrics if key.startswith("update_ratio/"))
+        layers = sum(1 for key in run.data.metrics if key.startswith("grad_norm/0"))
         assert layers == (15 if run.data.params["model.batchnorm"] == "True" else 8)  # 7 convs (and their BN), fc
         # and against the job's folder: its log's final line is what the server holds
         logged = re.search(r"test: loss ([\d.]+), accuracy ([\d.]+)", (folder / "harness.log").read_text())
@@ -90,7 +90,7 @@ def test_eight_slurm_jobs_log_every_point_through_one_postgres_backed_server(slu
                       "group by key", run=run.info.run_id)}
         assert stored.keys() == sent.keys() == run.data.metrics.keys()
         assert all(stored[key][0] == stored[key][1] and stored[key][2] == last for key, last in sent.items())
-        per_layer = [key for key in stored if key.startswith(("grad_norm/", "weight_norm/", "update_ratio/"))]
+        per_layer = [key for key in stored if key.startswith("grad_norm/")]
         assert per_layer and all(stored[key][0] == stored[key][2] + 1 for key in per_layer)  # probed every step
 
     report = tmp_path / "report"

@@ -82,7 +82,7 @@ def test_the_sync_detector_catches_host_reads_and_nothing_else():
 def test_no_training_step_waits_for_the_device(tmp_path):
     """Every probe on, at every step: gradient norms, landscape, augmentation, logging."""
     cfg = compose_config("data=synthetic", "trainer=smoke", "model.depth=8", "trainer.device=cpu",
-                         "probes.grad_every=1", "probes.landscape.every=3", "trainer.log_every=2",
+                         "probes.grad_norms.every=1", "probes.landscape.every=3", "trainer.log_every=2",
                          "data.train_size=256", "data.val_size=64", "data.test_size=64", "probes.shift.images=64",
                          f"paths.runs={tmp_path}")
     setup = build(cfg)
@@ -92,7 +92,7 @@ def test_no_training_step_waits_for_the_device(tmp_path):
     outcome = train(setup, cfg.trainer, MetricBuffer(client, run_id), step_context=checker.step)
     assert outcome.status == "finished" and outcome.steps == cfg.trainer.steps
     assert checker.found == []
-    assert "landscape/beta_smoothness" in outcome.final and "grad_norm/total" in outcome.final
+    assert "landscape/grad_predictiveness" in outcome.final and "grad_norm/total" in outcome.final
 
 
 @pytest.mark.skipif(not bf16_supported(CPU), reason="this CPU has no fast bf16")

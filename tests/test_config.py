@@ -141,7 +141,7 @@ def test_probes_off_wins_over_a_trainer_preset(trainer):
     """The smoke and cpu presets pick smaller probes; a probes= choice on the command line wins."""
     for order in ([f"trainer={trainer}", "probes=off"], ["probes=off", f"trainer={trainer}"]):
         probes = compose_config(*order).probes
-        assert (probes.shift.images, probes.shift.val_images, probes.grad_every, list(probes.invariance.families)) \
+        assert (probes.shift.images, probes.shift.val_images, probes.grad_norms.every, list(probes.invariance.families)) \
             == (0, 0, 0, [])
     assert compose_config(f"trainer={trainer}").probes.shift.val_images == (16 if trainer == "smoke" else 50)
 

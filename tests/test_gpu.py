@@ -62,7 +62,7 @@ def test_no_training_step_synchronises_under_cuda_sync_debug_mode_error(tmp_path
     A compiled model's first steps compile and record its CUDA graphs, and are not checked."""
     cfg = compose_config(*SMOKE, "data.train_size=1024", "data.val_size=128", "data.test_size=128",
                          "probes.shift.images=128", f"trainer.compile={str(compiled).lower()}", "trainer.steps=24",
-                         "probes.grad_every=1", "probes.landscape.every=3", "trainer.log_every=2",
+                         "probes.grad_norms.every=1", "probes.landscape.every=3", "trainer.log_every=2",
                          f"paths.runs={tmp_path}")
     setup = build(cfg)
     client, experiment_id = open_experiment(f"sqlite:///{tmp_path}/gpu.db", "gpu")
@@ -71,7 +71,7 @@ def test_no_training_step_synchronises_under_cuda_sync_debug_mode_error(tmp_path
                     checker.step)
     assert outcome.status == "finished" and outcome.steps == 24
     assert checker.found == []
-    assert "landscape/beta_smoothness" in outcome.final and "grad_norm/total" in outcome.final
+    assert "landscape/grad_predictiveness" in outcome.final and "grad_norm/total" in outcome.final
 
 
 def final_weights(tmp_path, landscape_every: int, deterministic: bool) -> dict:

@@ -19,6 +19,7 @@ from harness.config.factories import locate, model_family, optimizer_factory
 from harness.config.schema import SCHEMAS, plain
 from harness.data.synthetic import CLASSES as GENERATED_CLASSES
 from harness.errors import ConfigError
+from harness.probes import check_probes
 from harness.training.compute import COMPILE_CHOICES
 
 TOP_LEVEL_KEYS = (*SCHEMAS, "paths")
@@ -36,13 +37,13 @@ def validate(cfg, image_size: int | None = None, train_images: int | None = None
     if unknown:
         raise ConfigError(f"{unknown[0]} is not a config group or key: use one of {', '.join(TOP_LEVEL_KEYS)}")
     for group in SCHEMAS:
-        _check_known_keys(cfg[group])
+        check_known_keys(cfg[group])
     _check_model_family(cfg.model)
     _check_data(cfg.data)
     _check_augment(cfg.augment, image_size)
     _check_optim(cfg.optim)
     _check_schedule(cfg.schedule)
-    _check_probes(cfg.probes, image_size)
+    check_probes(cfg.probes, image_size)
     _check_trainer(cfg.trainer)
     _check_sizes(cfg, train_images or declared_train_images(cfg.data))
     _check_seeds(cfg)
@@ -100,7 +101,7 @@ def fraction(node, key, low_open=False, high_open=True):
         fail(node, key, f"must be in {'(' if low_open else '['}0, 1{')' if high_open else ']'}")
 
 
-def _check_known_keys(node):
+def check_known_keys(node):
     """`+model.bar=1` adds a key even to a typed node: refuse keys its schema does not have."""
     schema = OmegaConf.get_type(node)
     if not hasattr(schema, "__dataclass_fields__"):
@@ -111,7 +112,7 @@ def _check_known_keys(node):
             raise ConfigError(f"{node._get_full_key(key)} is not a key of {schema.__name__}: use one of "
                               f"{', '.join(k for k in allowed if not k.startswith('_'))}")
         if OmegaConf.is_dict(node[key]):
-            _check_known_keys(node[key])
+            check_known_keys(node[key])
 
 
 def _check_model_family(m):
@@ -200,24 +201,6 @@ def _check_schedule(s):
             fraction(s, key, high_open=False)
 
 
-def _check_probes(p, image_size):
-    for key in ("grad_every", "grad_dense"):
-        at_least(p, key, 0)
-    at_least(p.shift, "max", 0)
-    at_least(p.shift, "images", 0)
-    at_least(p.shift, "val_images", 0)
-    if image_size and p.shift.max >= image_size:
-        fail(p.shift, "max", f"must be smaller than the {image_size}-pixel images")
-    if not 0 <= p.invariance.rotation <= 180:
-        fail(p.invariance, "rotation", "must be in [0, 180] degrees")
-    for key in ("scale", "brightness", "contrast"):
-        fraction(p.invariance, key)
-    at_least(p.landscape, "every", 0)
-    etas = p.landscape.etas
-    if not etas or not all(math.isfinite(e) and e >= 0 for e in etas):
-        fail(p.landscape, "etas", "must be a non-empty list of numbers >= 0 (multiples of the learning rate)")
-
-
 def _check_trainer(t):
     for key in ("epochs", "batch_size", "eval_every", "log_every", "eval_batch_size"):
         at_least(t, key, 1, "must be a positive integer")
@@ -243,7 +226,7 @@ def _check_trainer(t):
                            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
 
 
-SEEDS = ("trainer.seed", "data.split_seed", "data.seed", "probes.shift.seed")
+SEEDS = ("trainer.seed", "data.split_seed", "data.seed", "probes.shift.seed", "probes.invariance.seed")
 URI_BREAKERS = "?%"  # a query, a %-escape: in a sqlite:// URI each moves the store elsewhere
 MLFLOW_EXPERIMENT_NAME = 500  # MLflow's longest experiment name
 MLFLOW_PARAM_VALUE = 6000  # MLflow's longest parameter value: every config value is logged as one

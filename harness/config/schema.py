@@ -17,8 +17,6 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from harness.jobs.mps import MpsMode
-from harness.probes.invariance import Family
-from harness.probes.shift import ShiftMode
 from harness.training.compute import Precision
 
 
@@ -132,39 +130,6 @@ class OneCycleConfig(ScheduleConfig):
 
 
 @dataclass
-class ShiftProbeConfig:
-    max: int = 4
-    mode: ShiftMode = ShiftMode.circular
-    images: int = 500  # of the test split, scored at the end
-    val_images: int = 100  # of the validation split, scored at each validation
-    seed: int = 0
-
-
-@dataclass
-class LandscapeProbeConfig:
-    every: int = 0
-    etas: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
-
-
-@dataclass
-class InvarianceProbeConfig:
-    families: List[Family] = field(default_factory=lambda: list(Family))  # scored on probes.shift's samples
-    rotation: float = 15.0  # degrees: 7 angles in [-rotation, rotation]
-    scale: float = 0.2  # 5 factors in [1 - scale, 1 + scale]
-    brightness: float = 0.2  # added: -b, 0, b (units of the pixel range) ...
-    contrast: float = 0.2  # ... times contrast 1 - c, 1, 1 + c about the image's mean
-
-
-@dataclass
-class ProbesConfig:
-    grad_every: int = 50
-    grad_dense: int = 20
-    shift: ShiftProbeConfig = field(default_factory=ShiftProbeConfig)
-    invariance: InvarianceProbeConfig = field(default_factory=InvarianceProbeConfig)
-    landscape: LandscapeProbeConfig = field(default_factory=LandscapeProbeConfig)
-
-
-@dataclass
 class TrainerConfig:
     epochs: int = 30
     steps: Optional[int] = None
@@ -196,7 +161,7 @@ SCHEMAS = {
     "augment": {"augment": AugmentConfig},
     "optim": {"sgd": SGDConfig, "adam": AdamConfig, "rmsprop": RMSpropConfig},
     "schedule": {"constant": ConstantConfig, "step": StepConfig, "cosine": CosineConfig, "onecycle": OneCycleConfig},
-    "probes": {"probes": ProbesConfig},
+    "probes": {},  # each probe's schema is in its module (harness/probes/)
     "trainer": {"trainer": TrainerConfig},
     "tracking": {"tracking": TrackingConfig},
 }

@@ -1,4 +1,4 @@
-"""Per-layer gradient norms, weight norms and relative update sizes, computed on the device.
+"""Per-layer gradient norms, computed on the device.
 
 A layer is every module with parameters of its own (each conv, each linear, each BatchNorm's
 affine pair, a block's own scalars), in the order a forward pass first calls it, found from
@@ -9,10 +9,24 @@ and stay on the device until the metric buffer is flushed.
 
 import csv
 import io
+from dataclasses import dataclass
 
 import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 from harness import contract
+from harness.probes.base import Probe, Subject
+
+
+@dataclass
+class GradNormsProbeConfig:
+    _target_: str = MISSING
+    every: int = 50  # steps between points (0: off) ...
+    dense: int = 20  # ... after a point at every one of the first `dense` steps
+
+
+ConfigStore.instance().store(group="schema/probes", name="grad_norms", node=GradNormsProbeConfig)
 
 
 def layers_in_forward_order(model: torch.nn.Module, example: torch.Tensor) -> list:
@@ -37,16 +51,23 @@ def layers_in_forward_order(model: torch.nn.Module, example: torch.Tensor) -> li
     return sorted(owners, key=lambda item: order.get(id(item[1]), len(owners)))
 
 
-class GradNorms:
-    def __init__(self, model, example: torch.Tensor, every: int, dense: int):
+class GradNorms(Probe):
+    def __init__(self, subject: Subject, every: int, dense: int):
+        super().__init__(subject)
         self.every, self.dense = every, dense
-        self.layers = layers_in_forward_order(model, example)
+        self.layers = layers_in_forward_order(subject.model, subject.example)
         self.names = [f"{i:03d}_{name}" for i, (name, _) in enumerate(self.layers)]
         self.params = [p for _, m in self.layers for p in m.parameters(recurse=False)]
         self.layer_of_param = torch.tensor(
             [i for i, (_, m) in enumerate(self.layers) for _ in m.parameters(recurse=False)],
             device=self.params[0].device)
-        self.weights_before = None
+
+    @classmethod
+    def check(cls, node, image_size):
+        from harness.config.rules import at_least  # late: harness.config imports the probes
+
+        for key in ("every", "dense"):
+            at_least(node, key, 0)
 
     def due(self, step: int) -> bool:
         """Step 0 (the initialisation), every step of the first `dense`, then every `every`."""
@@ -58,27 +79,17 @@ class GradNorms:
         return per_layer.sqrt()
 
     @torch.no_grad()
-    def after_backward(self, step: int) -> dict:
+    def after_backward(self, step, fp32_loss=None, lr=None) -> dict:
         if not self.due(step):
             return {}
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         norms = self._per_layer(grads)
-        self.weights_before = torch._foreach_mul([p.detach() for p in self.params], 1.0)  # a copy
         metrics = {contract.GRAD_NORM + name: norms[i] for i, name in enumerate(self.names)}
         metrics[contract.GRAD_NORM_TOTAL] = norms.square().sum().sqrt()  # every parameter belongs to one layer
         return metrics
 
-    @torch.no_grad()
-    def after_step(self, step: int) -> dict:
-        if self.weights_before is None:
-            return {}
-        before, self.weights_before = self.weights_before, None
-        change = self._per_layer(torch._foreach_sub([p.detach() for p in self.params], before))
-        weight = self._per_layer(before)
-        ratio = change / weight.clamp_min(1e-12)
-        metrics = {contract.WEIGHT_NORM + name: weight[i] for i, name in enumerate(self.names)}
-        metrics.update({contract.UPDATE_RATIO + name: ratio[i] for i, name in enumerate(self.names)})
-        return metrics
+    def tables(self) -> dict:
+        return {contract.LAYER_TABLE: self.layer_table()}
 
     def layer_table(self) -> str:
         """CSV: index, metric suffix, module path, module type, parameter count."""

@@ -2,8 +2,7 @@
 
 At the current weights w, on the current batch: the gradient g, then for each step size eta
 the loss L(w - eta g) and its gradient g_eta. Logged: the range of those losses (loss
-variation), max ||g - g_eta|| (gradient predictiveness) and max ||g - g_eta|| / ||eta g||
-(effective beta-smoothness).
+variation) and max ||g - g_eta|| (gradient predictiveness).
 
 Every pass of the probe runs in fp32, without autocast or TF32, whatever the training
 precision: a step of a fraction of the learning rate moves most weights by less than bf16
@@ -13,10 +12,47 @@ back exactly, so training continues as if the probe had not run.
 """
 
 import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import List
 
 import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 from harness import contract
+from harness.probes.base import Probe, Subject
+
+
+@dataclass
+class LandscapeProbeConfig:
+    _target_: str = MISSING
+    every: int = 0
+    etas: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
+
+
+ConfigStore.instance().store(group="schema/probes", name="landscape", node=LandscapeProbeConfig)
+
+
+class Landscape(Probe):
+    """landscape_probe every `every` steps (0: never), at step sizes `etas` times the learning rate."""
+
+    def __init__(self, subject: Subject, every: int, etas: list):
+        super().__init__(subject)
+        self.every, self.etas = every, etas
+
+    @classmethod
+    def check(cls, node, image_size):
+        from harness.config.rules import at_least, fail  # late: harness.config imports the probes
+
+        at_least(node, "every", 0)
+        if not node.etas or not all(math.isfinite(e) and e >= 0 for e in node.etas):
+            fail(node, "etas", "must be a non-empty list of numbers >= 0 (multiples of the learning rate)")
+
+    def after_backward(self, step, fp32_loss, lr) -> dict:
+        if not self.every or step % self.every:
+            return {}
+        return landscape_probe(self.subject.model, fp32_loss, [m * lr for m in self.etas])
 
 
 @contextlib.contextmanager
@@ -55,11 +91,10 @@ def landscape_probe(model, loss_fn, etas) -> dict:
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
 
-    losses, differences, smoothness = [], [], []
+    losses, differences = [], []
     try:
         with full_precision(params[0].device):
             _, grads = _gradient(params, loss_fn)
-            grad_norm = _global_norm(grads)
             for eta in etas:
                 with torch.no_grad():
                     torch._foreach_add_([p.detach() for p in params], grads, alpha=-eta)
@@ -69,7 +104,6 @@ def landscape_probe(model, loss_fn, etas) -> dict:
                     torch._foreach_copy_([p.detach() for p in params], weights)
                 losses.append(loss)
                 differences.append(difference)
-                smoothness.append(difference / (eta * grad_norm).clamp_min(1e-12))
     finally:
         with torch.no_grad():
             torch._foreach_copy_([p.detach() for p in params], weights)
@@ -82,5 +116,4 @@ def landscape_probe(model, loss_fn, etas) -> dict:
             torch.cuda.set_rng_state_all(cuda_rng)
     losses = torch.stack(losses)
     return {contract.LANDSCAPE_LOSS_VARIATION: losses.max() - losses.min(),
-            contract.LANDSCAPE_GRAD_PREDICTIVENESS: torch.stack(differences).max(),
-            contract.LANDSCAPE_BETA_SMOOTHNESS: torch.stack(smoothness).max()}
+            contract.LANDSCAPE_GRAD_PREDICTIVENESS: torch.stack(differences).max()}

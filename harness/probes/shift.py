@@ -15,19 +15,38 @@ The exact scoring and the stratified sample are invariance.py's, shared with the
 transform families.
 """
 
+import csv
+import io
 from contextlib import nullcontext
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 from harness import contract
+from harness.probes.base import Subject
+from harness.probes.invariance import Sampled, consistency, plan_line, predictions_under
 from harness.training.augment import translate
-from harness.probes.invariance import consistency, predictions_under
 
 
 class ShiftMode(str, Enum):
     circular = "circular"  # roll: content leaving one side enters the other
     translate = "translate"  # move the content, zero-fill the uncovered border
+
+
+@dataclass
+class ShiftProbeConfig:
+    _target_: str = MISSING
+    max: int = 4
+    mode: ShiftMode = ShiftMode.circular
+    images: int = 500  # of the test split, scored at the end
+    val_images: int = 100  # of the validation split, scored at each validation
+    seed: int = 0
+
+
+ConfigStore.instance().store(group="schema/probes", name="shift", node=ShiftProbeConfig)
 
 
 FILL = {ShiftMode.circular: "circular", ShiftMode.translate: "zero"}
@@ -58,3 +77,50 @@ def shift_scores(model, x, y, normalise, max_shift: int, mode, batch_size: int, 
     scores = {contract.SHIFT_CONSISTENCY: mean, contract.SHIFT_CONSISTENCY_SE: error,
               contract.SHIFT_INSTABILITY: changed.double().mean(), contract.SHIFT_PROB_CHANGE: prob_change.mean()}
     return scores, accuracy_at
+
+
+class Shift(Sampled):
+    """shift_scores on the sample, and test accuracy at each horizontal shift (shift/acc_dx at
+    step dx + max)."""
+
+    def __init__(self, subject: Subject, max: int, mode: ShiftMode, images: int, val_images: int, seed: int):
+        super().__init__(subject, images, val_images, seed)
+        self.max, self.mode = max, mode
+        self.curve = None  # test accuracy at each dx
+
+    @classmethod
+    def check(cls, node, image_size):
+        from harness.config.rules import at_least, fail  # late: harness.config imports the probes
+
+        at_least(node, "max", 0)
+        super().check(node, image_size)
+        if image_size and node.max >= image_size:
+            fail(node, "max", f"must be smaller than the {image_size}-pixel images")
+
+    def plan(self, split, available):
+        size = self.sample_size(split, available)
+        if not size or not self.max:
+            return None
+        return plan_line(split, size, [f"{(2 * self.max + 1) ** 2} shifts"])
+
+    def at_evaluation(self, evaluation):
+        images, labels = self.sample(evaluation)
+        scores, curve = shift_scores(self.subject.model, images, labels, evaluation.normalise, self.max, self.mode,
+                                     evaluation.batch_size, evaluation.autocast)
+        if evaluation.split == "test":
+            self.curve = curve
+            for i in range(len(curve)):
+                evaluation.log(i, {contract.SHIFT_ACC_DX: curve[i]})
+        return {f"{evaluation.split}/{name}": value for name, value in scores.items()}
+
+    def tables(self) -> dict:
+        """And the test accuracy at each horizontal shift."""
+        tables = super().tables()
+        if self.curve is not None:
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(["split", "dx", "accuracy"])
+            for i, accuracy in enumerate(self.curve.tolist()):
+                writer.writerow(["test", i - self.max, f"{accuracy:.6f}"])
+            tables[contract.SHIFT_TABLE] = out.getvalue()
+        return tables

@@ -23,7 +23,7 @@ from harness.jobs.outcome import Outcome
 from harness.jobs.signals import Interrupted
 from harness.training.compute import Compute
 from harness.data import Splits
-from harness.probes import Probes
+from harness.probes import Evaluation, Probes
 from harness.training.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -173,8 +173,8 @@ def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext, checkpoi
                 with progress.phase(f"epoch {epoch}/{epochs}: validation on {len(val_x):,} images"):
                     val_loss, val_acc = evaluate(model, val_x, val_y, normalise, eval_batch, mixed)
                     metrics.add(step, {contract.VAL_LOSS: val_loss, contract.VAL_ACC: val_acc})
-                _probe(progress, probes, f"epoch {epoch}/{epochs}: ", "val", step, val_x, val_y, normalise,
-                       eval_batch, mixed, metrics)
+                _probe(probes, progress, f"epoch {epoch}/{epochs}: ", metrics,
+                       Evaluation("val", step, val_x, val_y, normalise, eval_batch, metrics.add, mixed))
             # the checkpoint goes between staging the metrics and sending them: whatever happens to
             # the store, a resumed job neither repeats nor misses a point (tracking.MetricBuffer)
             due = checkpoints and checkpoints.due(epoch) and step < total_steps
@@ -190,12 +190,11 @@ def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext, checkpoi
     return Trained(Outcome.FINISHED, step, final)
 
 
-def _probe(progress, probes, prefix, split, step, x, y, normalise, eval_batch, mixed, metrics):
-    """The invariance probes on a split, announced: they can take longer than the evaluation."""
-    plan = probes.plan(split, len(y))
-    if plan:
+def _probe(probes: Probes, progress: Progress, prefix: str, metrics, evaluation: Evaluation):
+    """The probes on an evaluated split, each announced: they can take longer than the evaluation."""
+    for probe, plan in probes.plans(evaluation.split, len(evaluation.y)):
         with progress.phase(f"{prefix}{plan}"):
-            metrics.add(step, probes.evaluate(split, step, x, y, normalise, eval_batch, mixed))
+            metrics.add(evaluation.step, probe.at_evaluation(evaluation))
 
 
 def _restore(setup: Setup, window: TrainWindow, state: dict) -> None:
@@ -218,7 +217,6 @@ def train_step(setup: Setup, x, y, step: int, lr: float, metrics):
     loss.backward()
     metrics.add(step, setup.probes.after_backward(step, functools.partial(_fp32_loss, model, x, y), lr))
     setup.optimizer.step()
-    metrics.add(step, setup.probes.after_step(step))
     return loss, logits
 
 
@@ -229,14 +227,12 @@ def final_test(setup: Setup, step: int, eval_batch: int, metrics, progress: Prog
     with progress.phase(f"final test on {len(x):,} images"):
         loss, accuracy = evaluate(setup.model, x, y, setup.normalise, eval_batch, mixed)
         metrics.add(step, {contract.TEST_LOSS: loss, contract.TEST_ACC: accuracy})
-    _probe(progress, probes, "", "test", step, x, y, setup.normalise, eval_batch, mixed, metrics)
-    for point, accuracy in probes.curve_metrics():
-        metrics.add(point, accuracy)
+    _probe(probes, progress, "", metrics, Evaluation("test", step, x, y, setup.normalise, eval_batch, metrics.add, mixed))
     return {key: value for key, value, _ in metrics.flush()}
 
 
 def _fp32_loss(model, x, y):
-    """The batch's loss for the landscape probe, which runs it in full precision."""
+    """The batch's loss for a probe that recomputes it in full precision (the landscape probe)."""
     return F.cross_entropy(model(x), y)
 
 
