@@ -164,7 +164,7 @@ def verdicts(measured: pd.DataFrame, swept: list, studies: list) -> pd.DataFrame
     combination of the other swept axes (seeds excepted: they give the spread)."""
     rows = []
     label_axes = frames.label_axes(measured)
-    for study, claim in ((study, claim) for study in studies for claim in study.claims):
+    for study, claim in [(s, c) for s in studies for c in s.claims]:
         if measured[claim.quantity].isna().all():
             continue
         own = {label_axes.get(c, c) for side in (claim.a, claim.b) if isinstance(side, dict) for c in side}

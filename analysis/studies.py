@@ -63,7 +63,7 @@ STUDIES = [
               {"padding": "circular"}, ">", {"padding": "zeros"}),
         Claim("With circular padding and no downsampling, a CNN is exactly invariant to circular shifts",
               "shift consistency", 1.0, "<=", {"padding": "circular", "downsample": "none"}, trained=False),
-    ), ("grad_heatmap", "downsampling")),
+    ), ("grad_heatmap", "shift_invariance", "downsampling", "invariance")),  # by augmentation, where that is swept too
     Study("Invariance beyond shifts", "invariance", (
         *[Claim(f"CNNs are not invariant to {family} unless trained to be", f"{family} consistency", 1.0, ">", NO_AUG)
           for family in contract.INVARIANCE_FAMILIES],
