@@ -27,11 +27,12 @@ OVERFLOW = 1e300  # MLflow stores an infinite metric as +-1.8e308: beyond this i
 
 
 def gradient_flow(layers: pd.DataFrame) -> pd.DataFrame:
-    """Per run: the ratio of the first layer's gradient norm to the last hidden layer's (the
+    """Per run: its labels, and the ratio of the first layer's gradient norm to the last hidden layer's (the
     first and last conv, from the layer table) at initialisation (step 0) and at the last step
     where every conv's gradient norm was finite, what each ratio says, and the first step with
     a non-finite norm (NaN if none). `layers`: analysis.frames.grad_by_layer's frame."""
     convs = layers[layers["module"] == "Conv2d"]
+    labels = [frames.LABELS_COLUMN, *frames.label_columns(layers)]
     rows = []
     for run_id, run in convs.groupby("run_id", sort=False):
         first, last = run["layer_index"].min(), run["layer_index"].max()
@@ -42,8 +43,8 @@ def gradient_flow(layers: pd.DataFrame) -> pd.DataFrame:
         broken = norms.index[~finite]
         end = norms.index[finite].max() if broken.empty else norms.index[finite & (norms.index < broken.min())].max()
         ratios = {when: norms.loc[step, first] / norms.loc[step, last] for when, step in (("start", 0), ("end", end))}
-        rows.append({"run_id": run_id, "net": run["net"].iloc[0], "normalisation": run["normalisation"].iloc[0],
-                     "architecture": run["architecture"].iloc[0], "depth": run["depth"].iloc[0], "end_step": int(end),
+        rows.append({"run_id": run_id, "net": run["net"].iloc[0], **{c: run[c].iloc[0] for c in labels if c in run},
+                     "depth": run["depth"].iloc[0], "end_step": int(end),
                      "diverged": bool(run["diverged"].iloc[0]),
                      "nonfinite_step": float(broken.min()) if not broken.empty else math.nan,
                      "first_layer": run.loc[run["layer_index"] == first, "layer"].iloc[0],
@@ -62,13 +63,15 @@ def gradient_flow_markdown(table: pd.DataFrame) -> list:
              f"arm's runs): above {EXPLODING:g} the gradient grows toward the input (exploding), below "
              f"{VANISHING:g} it shrinks (vanishing), otherwise neither. The ratio compares layers within "
              "a net: a net whose gradients are large everywhere reads neither.", ""]
-    for _, arm in table.groupby(["normalisation", "architecture", "depth"], sort=True):
+    first, *others = frames.label_columns(table) or ["net"]
+    for _, arm in table.groupby([*others, first, "depth"], sort=True, dropna=False):
         start, end = arm["ratio_start"].median(), arm["ratio_end"].median()
         troubles = [f"{int(s)}" for s in arm["nonfinite_step"].dropna()]
         broke = (f"; a gradient norm stopped being finite at step {', '.join(troubles)}" if troubles else "")
         broke += f"; {arm['diverged'].sum()} of its runs diverged" if arm["diverged"].any() else ""
         runs = f"{len(arm)} run{'s' if len(arm) > 1 else ''}"
-        lines.append(f"- {arm['net'].iloc[0]} ({arm['normalisation'].iloc[0]}, {runs}): "
+        kind = "".join(f"{arm[c].iloc[0]}, " for c in others)
+        lines.append(f"- {arm['net'].iloc[0]} ({kind}{runs}): "
                      f"{start:.3g} at step 0 ({flow(start)}), {end:.3g} at step {int(arm['end_step'].median())} "
                      f"({flow(end)}){broke}; `{arm['first_layer'].iloc[0]}` against `{arm['last_layer'].iloc[0]}`.")
     return lines + [""]
@@ -107,8 +110,7 @@ class Claim:
     """`a` <relation> `b` in `quantity`, where an arm is {frames column: value} ("min"/"max":
     the extreme of that column among the runs) or a constant. relation ">": a exceeds b;
     "<=": a is not measurably above b. `trained`: the quantity depends on how far training
-    got, so the verdict needs converged runs."""
-    study: str
+    got, so the verdict needs converged runs. The claims themselves: analysis.studies."""
     statement: str
     quantity: str
     a: object
@@ -117,54 +119,6 @@ class Claim:
     trained: bool = True
 
 
-DEPTH, BN, OPT, AUG, GRAD = ("Depth and residual connections", "BatchNorm", "Optimisers",
-                             "Augmentation and shift invariance", "Gradient flow at initialisation")
-DOWN, INV, REG = "Downsampling and padding", "Invariance beyond shifts", "Regularisation"
-PLAIN, RESIDUAL = {"architecture": "plain"}, {"architecture": "residual"}
-NO_AUG = {"augment": "none"}
-
-CLAIMS = [
-    Claim(DEPTH, "Plain nets degrade with depth: the deepest trains worse than the shallowest",
-          "final training loss", {**PLAIN, "depth": "max"}, ">", {**PLAIN, "depth": "min"}),
-    Claim(DEPTH, "Residual nets do not degrade with depth", "final training loss",
-          {**RESIDUAL, "depth": "max"}, "<=", {**RESIDUAL, "depth": "min"}),
-    Claim(DEPTH, "At the greatest depth, residual connections make the net train better", "final training loss",
-          {**PLAIN, "depth": "max"}, ">", {**RESIDUAL, "depth": "max"}),
-    Claim(BN, "BatchNorm makes training faster", "final training loss",
-          {"normalisation": "no BatchNorm"}, ">", {"normalisation": "BatchNorm"}),
-    Claim(BN, "BatchNorm smooths the loss landscape (Santurkar et al. 2018)", "loss variation",
-          {"normalisation": "no BatchNorm"}, ">", {"normalisation": "BatchNorm"}),
-    *[Claim(OPT, f"{name} trains faster than plain SGD", "final training loss",
-            {"optimizer": "sgd"}, ">", {"optimizer": choice}) for name, choice in
-      (("Momentum", "momentum"), ("Nesterov momentum", "nesterov"), ("RMSProp", "rmsprop"), ("Adam", "adam"))],
-    Claim(AUG, "Trained CNNs are only \"sort of\" shift-invariant", "shift consistency", 1.0, ">", NO_AUG),
-    *[Claim(AUG, f"Training with {name} makes a CNN more shift-invariant", "shift consistency",
-            {"augment": choice}, ">", NO_AUG) for name, choice in (("random crops", "crop"),
-                                                                   ("crops and flips", "crop_flip"))],
-    Claim(GRAD, "Without BatchNorm, the gradient vanishes toward the input of a deep plain net",
-          "first/last layer gradient ratio", VANISHING, ">", {**PLAIN, "depth": "max", "normalisation": "no BatchNorm"},
-          trained=False),
-    Claim(GRAD, "With BatchNorm, it explodes instead", "first/last layer gradient ratio",
-          {**PLAIN, "depth": "max", "normalisation": "BatchNorm"}, ">", EXPLODING, trained=False),
-    Claim(GRAD, "Residual connections let the gradient reach the first layers", "|log10 gradient ratio|",
-          {**PLAIN, "depth": "max"}, ">", {**RESIDUAL, "depth": "max"}, trained=False),
-    *[Claim(DOWN, f"Blur before subsampling is more shift-invariant than {name} (Zhang 2019)", "shift consistency",
-            {"downsample": "blurpool"}, ">", {"downsample": choice}) for name, choice in
-      (("strided convolution", "stride"), ("max pooling", "maxpool"))],
-    Claim(DOWN, "Circular padding makes a CNN more shift-invariant", "shift consistency",
-          {"padding": "circular"}, ">", {"padding": "zeros"}),
-    Claim(DOWN, "With circular padding and no downsampling, a CNN is exactly invariant to circular shifts",
-          "shift consistency", 1.0, "<=", {"padding": "circular", "downsample": "none"}, trained=False),
-    *[Claim(INV, f"CNNs are not invariant to {family} unless trained to be", f"{family} consistency", 1.0, ">", NO_AUG)
-      for family in contract.INVARIANCE_FAMILIES],
-    *[Claim(INV, f"Training with rotations and scaling makes a CNN more {family}-invariant",
-            f"{family} consistency", {"augment": "geometric"}, ">", NO_AUG) for family in contract.GEOMETRIC_FAMILIES],
-    Claim(REG, "Dropout regularises: it narrows the gap between training and test accuracy", "generalisation gap",
-          {"dropout": "min"}, ">", {"dropout": "max"}),
-    Claim(REG, "Weight decay regularises", "generalisation gap", {"weight_decay": "min"}, ">", {"weight_decay": "max"}),
-    Claim(REG, "Gaussian pixel jitter regularises", "generalisation gap",
-          {"augment": "crop_flip"}, ">", {"augment": "jitter"}),
-]
 QUANTITIES = {  # how each quantity is read, for the report
     "final training loss": f"mean training loss over the last {FINAL_WINDOW:.0%} of steps",
     "loss variation": "landscape probe's loss variation, mean over training",
@@ -174,7 +128,6 @@ QUANTITIES = {  # how each quantity is read, for the report
     "generalisation gap": f"training accuracy (last {FINAL_WINDOW:.0%} of steps, augmented batches) - test accuracy",
     **{f"{f} consistency": f"test-set {f} consistency" for f in contract.INVARIANCE_FAMILIES},
 }
-AXIS_OF_COLUMN = {"architecture": "residual", "normalisation": "batchnorm"}  # frames' label columns
 HOLDS, DOES_NOT_HOLD, TOO_FEW, TOO_SHORT = "holds", "does not hold", "not enough runs to tell", "budget too short"
 SPREADS = 2  # a difference must exceed this many standard deviations across seeds
 
@@ -206,20 +159,21 @@ def measures(history: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame, fl
     return frame
 
 
-def verdicts(measured: pd.DataFrame, swept: list) -> pd.DataFrame:
-    """One row per claim that the runs can speak to, per combination of the other swept axes
-    (seeds excepted: they give the spread)."""
+def verdicts(measured: pd.DataFrame, swept: list, studies: list) -> pd.DataFrame:
+    """One row per claim of the studies (analysis.studies) that the runs can speak to, per
+    combination of the other swept axes (seeds excepted: they give the spread)."""
     rows = []
-    for claim in CLAIMS:
+    label_axes = frames.label_axes(measured)
+    for study, claim in [(s, c) for s in studies for c in s.claims]:
         if measured[claim.quantity].isna().all():
             continue
-        own = {AXIS_OF_COLUMN.get(c, c) for side in (claim.a, claim.b) if isinstance(side, dict) for c in side}
+        own = {label_axes.get(c, c) for side in (claim.a, claim.b) if isinstance(side, dict) for c in side}
         context = _context(measured, swept, own)
         for values, runs in (measured.groupby(context, dropna=False, sort=True) if context else [((), measured)]):
             judged = _judge(claim, runs)
             if judged is not None:
                 where = ", ".join(f"{axis}={value}" for axis, value in zip(context, values))
-                rows.append({"study": claim.study, "claim": claim.statement, "where": where,
+                rows.append({"study": study.name, "claim": claim.statement, "where": where,
                              "quantity": claim.quantity, **judged})
     return pd.DataFrame(rows)
 
@@ -241,7 +195,8 @@ def _judge(claim: Claim, runs: pd.DataFrame):
     if any(g.empty for g in groups) or (len(groups) == 2 and set(groups[0]["run_id"]) == set(groups[1]["run_id"])):
         return None  # the runs do not have both arms
     values = [_values(arm, claim) for arm in arms]
-    described = {name: _describe(side, arm, value)
+    labels = frames.label_axes(runs)
+    described = {name: _describe(side, arm, value, labels)
                  for name, side, arm, value in zip("ab", (claim.a, claim.b), arms, values)}
     result = {"a": described["a"], "relation": claim.relation, "b": described["b"]}
     involved = pd.concat(groups)
@@ -288,12 +243,13 @@ def _values(arm, claim: Claim) -> pd.Series:
     return arm.loc[_counts(arm, claim), claim.quantity].dropna()
 
 
-def _describe(side, arm, values: pd.Series) -> str:
-    """`plain, depth=56: 0.4123 ± 0.011 (n=3)`: what defines the arm, then its value."""
+def _describe(side, arm, values: pd.Series, labels: dict) -> str:
+    """`plain, depth=56: 0.4123 ± 0.011 (n=3)`: what defines the arm (a label column by its
+    word), then its value."""
     if not isinstance(arm, pd.DataFrame):
         return f"{arm:g}"
     first = arm.iloc[0]
-    label = ", ".join(str(first[c]) if c in AXIS_OF_COLUMN else f"{c}={first[c]}" for c in side)
+    label = ", ".join(str(first[c]) if c in labels else f"{c}={first[c]}" for c in side)
     if values.empty:
         return f"{label}: no value"
     spread = f" ± {values.std(ddof=1):.2g}" if len(values) > 1 else ""

@@ -1,6 +1,7 @@
 """Tidy frames behind the figures: one row per observation, with the run's study axes and
 human-readable labels as columns, so a figure is a plain seaborn call over a frame."""
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -30,17 +31,64 @@ def labelled_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs frame with short axis columns and display labels. An optimiser or augmentation
     is named by the config file that chose it (optim=momentum, augment=crop_flip); where runs
     of one choice were trained with different values of its group's keys (augment.flip=false
-    on the command line), those values join the label, so one label is one setting."""
+    on the command line), those values join the label, so one label is one setting. The label
+    columns and `net` are the words each run's model family gave (model_labels)."""
     frame = runs.copy()
     for axis in AXES:
         frame[axis] = frame.get(axis_column(axis))
         source, group = AXES[axis]
         if source == "choice" and frame[axis].notna().any():
             frame[axis] = _with_differing_settings(frame, frame[axis], group)
-    frame["architecture"] = np.where(frame["residual"] == True, "residual", "plain")  # noqa: E712
-    frame["normalisation"] = np.where(frame["batchnorm"] == True, "BatchNorm", "no BatchNorm")  # noqa: E712
-    frame["net"] = frame["architecture"] + "-" + frame["depth"].astype(str)
+    labels = [model_labels(tag) for tag in frame.get(LABELS_COLUMN, pd.Series(None, index=frame.index))]
+    for column in label_columns(frame):
+        frame[column] = [_word(run_labels, column, run) for run_labels, (_, run) in zip(labels, frame.iterrows())]
+    names = [frame.at[index, next(iter(run_labels["columns"]))] if run_labels["columns"] else run_labels["family"]
+             for index, run_labels in zip(frame.index, labels)]  # a net is named by its first label (plain-56)
+    frame["net"] = pd.Series(names, index=frame.index).astype(str) + "-" + frame["depth"].astype(str)
     return frame
+
+
+LABELS_COLUMN = f"tag.{contract.MODEL_LABELS}"
+
+
+def model_labels(tag) -> dict:
+    """A run's model_labels tag, read; a run without one was written before it existed, by a ResNet."""
+    return json.loads(tag) if isinstance(tag, str) else contract.RESNET_LABELS
+
+
+def label_axes(runs: pd.DataFrame) -> dict:
+    """{label column: the axis it names}, over every model family among the runs, in the order they declare."""
+    tags = runs.get(LABELS_COLUMN, pd.Series([None]))
+    found = {}
+    for tag in dict.fromkeys(tags.where(tags.notna(), None)):
+        found.update({column: spec["axis"] for column, spec in model_labels(tag)["columns"].items()})
+    return found
+
+
+def label_columns(runs: pd.DataFrame) -> list:
+    return list(label_axes(runs))
+
+
+def _word(labels: dict, column: str, run: pd.Series):
+    """The run's word for its value of the column's axis (its family may not have that column: NaN)."""
+    spec = labels["columns"].get(column)
+    if spec is None:
+        return np.nan
+    value = run[spec["axis"]]
+    if pd.isna(value):
+        return np.nan
+    return spec["values"].get(str(value).lower(), str(value))
+
+
+def label_word(row: pd.Series, axis: str):
+    """The word a run's labels give its value of `axis`, or None where no label column names it."""
+    column = next((c for c, spec in model_labels(row.get(LABELS_COLUMN))["columns"].items() if spec["axis"] == axis), None)
+    return None if column is None else row[column]
+
+
+def column_of_axis(runs: pd.DataFrame, axis: str):
+    """The label column that names `axis` (batchnorm: normalisation, for a ResNet), or None."""
+    return next((column for column, named in label_axes(runs).items() if named == axis), None)
 
 
 def _with_differing_settings(frame: pd.DataFrame, choices: pd.Series, group: str) -> pd.Series:
@@ -62,8 +110,11 @@ def swept(runs: pd.DataFrame) -> list:
 
 
 def with_axes(history: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    columns = ["run_id", "run_name", *AXES, "architecture", "normalisation", "net", "diverged"]
-    return history.merge(labelled_runs(runs)[columns], on="run_id")
+    labelled = labelled_runs(runs)
+    columns = ["run_id", "run_name", *AXES, *label_columns(runs), "net", "diverged"]
+    if LABELS_COLUMN in labelled:
+        columns.append(LABELS_COLUMN)  # so that a frame made from this one knows its runs' labels
+    return history.merge(labelled[columns], on="run_id")
 
 
 def curves(history: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -134,11 +185,9 @@ def invariance_scores(runs: pd.DataFrame) -> pd.DataFrame:
 def family_curve(history: pd.DataFrame, runs: pd.DataFrame, family: str, parameter: str) -> pd.DataFrame:
     """Test accuracy at each point of a family's grid (rotation: degrees; scale: factor), with
     the point's parameter value in column `parameter`."""
-    from harness.probes.invariance import grid
-
     points = with_axes(history[history["key"] == family + contract.FAMILY_ACC].copy(), runs)
     extents = runs.set_index("run_id").get(f"param.probes.invariance.{family}", pd.Series(dtype=float))
-    grids = {run_id: grid(family, SimpleNamespace(**{family: extent})) for run_id, extent in extents.items()}
+    grids = {run_id: contract.invariance_grid(family, SimpleNamespace(**{family: extent})) for run_id, extent in extents.items()}
     points[parameter] = [grids[r][int(s)][0] for r, s in zip(points["run_id"], points["step"])]
     return points
 

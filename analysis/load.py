@@ -28,6 +28,11 @@ class Selection:
     parent: object  # the sweep's parent run (mlflow Run), or None
     runs: list  # the job runs
 
+    @property
+    def preset(self) -> str | None:
+        """The +experiment preset that launched the sweep, where its parent recorded one."""
+        return self.parent.data.tags.get(contract.PRESET) if self.parent is not None else None
+
 
 def open_client(uri: str) -> MlflowClient:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
@@ -95,7 +100,7 @@ def runs_frame(runs) -> pd.DataFrame:
         row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
                "diverged": tags.get(contract.DIVERGED) == "true", "job_num": tags.get(contract.JOB_NUM)}
         row.update({f"param.{k}": _typed(v) for k, v in run.data.params.items()})
-        row.update({f"tag.{k}": v for k, v in tags.items() if k.startswith(contract.CHOICE)})
+        row.update({f"tag.{k}": v for k, v in tags.items() if k.startswith(contract.CHOICE) or k == contract.MODEL_LABELS})
         row.update({f"metric.{k}": v for k, v in run.data.metrics.items()})
         rows.append(row)
     frame = pd.DataFrame(rows)

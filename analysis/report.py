@@ -1,5 +1,6 @@
-"""Writing a report folder: every applicable figure as PNG and PDF, summary.csv, claims.csv
-(the verdict on each lecture claim the runs speak to), index.md,
+"""Writing a report folder for the studies of the sweep's preset (analysis.studies): each of
+their figures that applies as PNG and PDF, summary.csv, claims.csv (the verdict on each of
+their claims the runs speak to), index.md,
 then the folder as artifacts of the sweep's parent run (visible in the MLflow UI).
 
 The folder is built beside its destination and swapped in whole, so a report is never half
@@ -21,6 +22,7 @@ import pandas as pd
 
 from mlflow.exceptions import MlflowException
 
+from analysis import studies as all_studies
 from analysis.claims import RULE, claims_markdown, gradient_flow, gradient_flow_markdown, measures, verdicts
 from analysis.figures import DPI, FIGURES, Skip
 from analysis.frames import finished, grad_by_layer, summary, swept
@@ -68,13 +70,14 @@ def write_report(client, uri, selection, out_dir: Path, ui_url: str) -> dict:
     layers = layer_tables(client, selection.runs)
     config = _first_config(client, selection.runs)
     left_out = ", ".join(f"{r.run_name} ({r.status.lower()})" for r in runs[~finished(runs)].itertuples())
+    studies = all_studies.of_preset(selection.preset)
     try:
         with _swapped_in(out_dir) as build:
-            drawn, skipped = _draw_figures(history, runs, layers, build)
+            drawn, skipped = _draw_figures(_figures_of(studies), history, runs, layers, build)
             table = summary(runs)
             table.to_csv(build / "summary.csv", index=False)
             flow = gradient_flow(grad_by_layer(history, runs, layers))
-            claims = verdicts(measures(history, runs, layers, flow), swept(runs))
+            claims = verdicts(measures(history, runs, layers, flow), swept(runs), studies)
             claims.to_csv(build / "claims.csv", index=False)
             intro = _intro(selection, left_out)
             drawn_flow = flow[flow["run_id"].isin(runs.loc[finished(runs), "run_id"])] if len(flow) else flow
@@ -120,27 +123,32 @@ def _swapped_in(out_dir: Path):
         shutil.rmtree(build, ignore_errors=True)
 
 
-def _draw_figures(history, runs, layers, folder: Path):
-    """Every figure of the finished runs (frames.finished): a run stopped early would end its
+def _figures_of(studies) -> list:
+    """The studies' figures, each once, in the order of FIGURES."""
+    named = {name for study in studies for name in study.figures}
+    return [figure for figure in FIGURES if figure.name in named]
+
+
+def _draw_figures(figures, history, runs, layers, folder: Path):
+    """Each figure of the finished runs (frames.finished): a run stopped early would end its
     curve, and move a caption's ratio, at whatever step it stopped."""
     drawn, skipped = {}, {}
     shown = finished(runs)
     if not shown.any():  # not a question of probes or axes
         states = ", ".join(f"{n} {status.lower()}" for status, n in runs["status"].value_counts().items())
-        return drawn, {name: f"no run of the selection finished ({states})" for name, _, _ in FIGURES}
+        return drawn, {figure.name: f"no run of the selection finished ({states})" for figure in figures}
     ids = set(runs.loc[shown, "run_id"])
     history, runs, layers = (frame[frame["run_id"].isin(ids)] for frame in (history, runs.loc[shown], layers))
-    for number, (name, draw, caption) in enumerate(FIGURES, 1):
+    for figure in figures:
         try:
-            fig, finding = draw(history, runs, layers)
+            fig, finding = figure.draw(history, runs, layers)
         except Skip as reason:
-            skipped[name] = str(reason)
+            skipped[figure.name] = str(reason)
             continue
-        stem = f"{number}_{name}"
-        fig.savefig(folder / f"{stem}.png", dpi=DPI, metadata=PNG_METADATA)
-        fig.savefig(folder / f"{stem}.pdf", metadata=PDF_METADATA)
+        fig.savefig(folder / f"{figure.stem}.png", dpi=DPI, metadata=PNG_METADATA)
+        fig.savefig(folder / f"{figure.stem}.pdf", metadata=PDF_METADATA)
         plt.close(fig)
-        drawn[stem] = f"{caption} {finding}".strip()
+        drawn[figure.stem] = f"{figure.caption} {finding}".strip()
     return drawn, skipped
 
 

@@ -13,7 +13,6 @@ KIND_SWEEP = "sweep"
 PARENT = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 SWEEP_ID = "sweep_id"  # <date>/<time>-<random>, on the parent and every job
-SWEPT = "swept"  # on the parent: the keys and groups the sweep varies, space-separated
 JOB_NUM = "job_num"
 OVERRIDES = "overrides"
 OUTCOME = "outcome"  # finished, diverged, failed, killed (harness.jobs.outcome.Outcome); running while it runs
@@ -57,6 +56,17 @@ LANDSCAPE_LOSS_VARIATION = "landscape/loss_variation"
 LANDSCAPE_GRAD_PREDICTIVENESS = "landscape/grad_predictiveness"
 
 HEADLINE = (TRAIN_LOSS, VAL_ACC, TEST_ACC, f"test/{SHIFT_CONSISTENCY}")  # what a reader looks for first
+
+
+
+def invariance_grid(family: str, cfg) -> list:
+    """The family's transform parameters, identity included, in the order of <family>/acc_at's
+    steps; `cfg`: probes.invariance (rotation in degrees, scale, brightness, contrast)."""
+    if family == "rotation":
+        return [(cfg.rotation * k / 3,) for k in range(-3, 4)]
+    if family == "scale":
+        return [(1 + cfg.scale * k / 2,) for k in range(-2, 3)]
+    return [(b, c) for b in (-cfg.brightness, 0.0, cfg.brightness) for c in (1 - cfg.contrast, 1.0, 1 + cfg.contrast)]
 
 # ---------------------------------------------------------------- artifacts
 

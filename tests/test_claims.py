@@ -7,6 +7,7 @@ import pytest
 from analysis.claims import (CONVERGED_CHANGE, DOES_NOT_HOLD, HOLDS, TOO_FEW, TOO_SHORT, convergence, measures,
                              verdicts)
 from analysis.frames import swept
+from analysis.studies import STUDIES
 
 EMPTY_LAYERS = pd.DataFrame(columns=["run_id", "metric", "layer", "module"])
 
@@ -52,7 +53,7 @@ def depth_study(losses: dict, **runs_overrides):
         rows.append(run(name, depth, arch == "r", seed, **runs_overrides.get(name, {})))
         histories.append(history(name, loss if isinstance(loss, list) else flat(loss)))
     runs = pd.DataFrame(rows)
-    table = verdicts(measures(pd.concat(histories), runs, EMPTY_LAYERS), swept(runs))
+    table = verdicts(measures(pd.concat(histories), runs, EMPTY_LAYERS), swept(runs), STUDIES)
     return table.set_index("claim")["verdict"], table.set_index("claim")
 
 
@@ -116,6 +117,6 @@ def test_a_claim_about_the_initialisation_counts_a_run_that_diverged_later():
     runs = pd.DataFrame([run(n, 56, n[0] == "r", int(n[-1]), diverged=n == "r56s1") for n in names])
     flow = pd.DataFrame({"run_id": names, "ratio_start": [1e3, 2e3, 0.9, 1.1]})
     table = verdicts(measures(pd.concat([history(n, flat(1.0)) for n in names]), runs, EMPTY_LAYERS, flow),
-                     swept(runs)).set_index("claim")
+                     swept(runs), STUDIES).set_index("claim")
     reach = "Residual connections let the gradient reach the first layers"
     assert table.loc[reach, "verdict"] == HOLDS and "(n=2)" in table.loc[reach, "b"]

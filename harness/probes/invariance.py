@@ -77,12 +77,7 @@ def stratified_sample(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 def grid(family: Family, cfg) -> list:
     """The family's transform parameters, identity included; `cfg`: the Invariance probe or its
     settings (rotation, scale, brightness, contrast)."""
-    family = Family(family)
-    if family == Family.rotation:
-        return [(cfg.rotation * k / 3,) for k in range(-3, 4)]
-    if family == Family.scale:
-        return [(1 + cfg.scale * k / 2,) for k in range(-2, 3)]
-    return [(b, c) for b in (-cfg.brightness, 0.0, cfg.brightness) for c in (1 - cfg.contrast, 1.0, 1 + cfg.contrast)]
+    return contract.invariance_grid(Family(family).value, cfg)
 
 
 def transform(family: Family, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:

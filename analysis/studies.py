@@ -1,0 +1,87 @@
+"""The studies: each is one entry naming its preset (conf/experiment/<preset>.yaml), its claims
+(one line each) and its figures (by name, analysis.figures). Adding a study is its preset and
+an entry here; `python -m analysis` reports the studies of the preset that launched a sweep.
+
+A claim's arm is {frames column: value}: an axis of contract.AXES or a label column, in the
+words of the runs' model_labels (a ResNet's: architecture plain/residual, normalisation
+BatchNorm/no BatchNorm); "min"/"max" pick the extreme of that column among the runs."""
+
+from dataclasses import dataclass
+
+from analysis.claims import EXPLODING, VANISHING, Claim
+from harness import contract
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str  # the heading of its claims table
+    preset: str  # conf/experiment/<preset>.yaml, recorded on the sweep's parent run (contract.PRESET)
+    claims: tuple
+    figures: tuple  # names in analysis.figures.FIGURES, drawn in that list's order
+
+
+PLAIN, RESIDUAL = {"architecture": "plain"}, {"architecture": "residual"}
+NO_BN, BN = {"normalisation": "no BatchNorm"}, {"normalisation": "BatchNorm"}
+NO_AUG = {"augment": "none"}
+DEPTH_FIGURES = ("training_curves", "grad_vs_layer", "grad_heatmap", "error_vs_depth")
+
+STUDIES = [
+    Study("Depth and residual connections", "depth_residual", (
+        Claim("Plain nets degrade with depth: the deepest trains worse than the shallowest", "final training loss",
+              {**PLAIN, "depth": "max"}, ">", {**PLAIN, "depth": "min"}),
+        Claim("Residual nets do not degrade with depth", "final training loss",
+              {**RESIDUAL, "depth": "max"}, "<=", {**RESIDUAL, "depth": "min"}),
+        Claim("At the greatest depth, residual connections make the net train better", "final training loss",
+              {**PLAIN, "depth": "max"}, ">", {**RESIDUAL, "depth": "max"}),
+    ), DEPTH_FIGURES),
+    Study("BatchNorm", "batchnorm", (
+        Claim("BatchNorm makes training faster", "final training loss", NO_BN, ">", BN),
+        Claim("BatchNorm smooths the loss landscape (Santurkar et al. 2018)", "loss variation", NO_BN, ">", BN),
+    ), (*DEPTH_FIGURES, "landscape", "first_layer_gradient")),  # the depth figures draw where depth is swept too
+    Study("Optimisers", "optimizers", tuple(
+        Claim(f"{name} trains faster than plain SGD", "final training loss", {"optimizer": "sgd"}, ">", {"optimizer": choice})
+        for name, choice in (("Momentum", "momentum"), ("Nesterov momentum", "nesterov"), ("RMSProp", "rmsprop"),
+                             ("Adam", "adam"))), ("grad_heatmap", "optimizers")),
+    Study("Augmentation and shift invariance", "augmentation", (
+        Claim("Trained CNNs are only \"sort of\" shift-invariant", "shift consistency", 1.0, ">", NO_AUG),
+        *[Claim(f"Training with {name} makes a CNN more shift-invariant", "shift consistency", {"augment": choice}, ">",
+                NO_AUG) for name, choice in (("random crops", "crop"), ("crops and flips", "crop_flip"))],
+    ), ("grad_heatmap", "shift_invariance")),
+    Study("Gradient flow at initialisation", "vanishing", (
+        Claim("Without BatchNorm, the gradient vanishes toward the input of a deep plain net",
+              "first/last layer gradient ratio", VANISHING, ">", {**PLAIN, "depth": "max", **NO_BN}, trained=False),
+        Claim("With BatchNorm, it explodes instead", "first/last layer gradient ratio",
+              {**PLAIN, "depth": "max", **BN}, ">", EXPLODING, trained=False),
+        Claim("Residual connections let the gradient reach the first layers", "|log10 gradient ratio|",
+              {**PLAIN, "depth": "max"}, ">", {**RESIDUAL, "depth": "max"}, trained=False),
+    ), ("grad_vs_layer", "grad_heatmap", "first_layer_gradient")),
+    Study("Downsampling and padding", "downsampling", (
+        *[Claim(f"Blur before subsampling is more shift-invariant than {name} (Zhang 2019)", "shift consistency",
+                {"downsample": "blurpool"}, ">", {"downsample": choice})
+          for name, choice in (("strided convolution", "stride"), ("max pooling", "maxpool"))],
+        Claim("Circular padding makes a CNN more shift-invariant", "shift consistency",
+              {"padding": "circular"}, ">", {"padding": "zeros"}),
+        Claim("With circular padding and no downsampling, a CNN is exactly invariant to circular shifts",
+              "shift consistency", 1.0, "<=", {"padding": "circular", "downsample": "none"}, trained=False),
+    ), ("grad_heatmap", "shift_invariance", "downsampling", "invariance")),  # by augmentation, where that is swept too
+    Study("Invariance beyond shifts", "invariance", (
+        *[Claim(f"CNNs are not invariant to {family} unless trained to be", f"{family} consistency", 1.0, ">", NO_AUG)
+          for family in contract.INVARIANCE_FAMILIES],
+        *[Claim(f"Training with rotations and scaling makes a CNN more {family}-invariant", f"{family} consistency",
+                {"augment": "geometric"}, ">", NO_AUG) for family in contract.GEOMETRIC_FAMILIES],
+    ), ("grad_heatmap", "shift_invariance", "invariance")),
+    Study("Regularisation", "regularisation", (
+        Claim("Dropout regularises: it narrows the gap between training and test accuracy", "generalisation gap",
+              {"dropout": "min"}, ">", {"dropout": "max"}),
+        Claim("Weight decay regularises", "generalisation gap", {"weight_decay": "min"}, ">", {"weight_decay": "max"}),
+        Claim("Gaussian pixel jitter regularises", "generalisation gap", {"augment": "crop_flip"}, ">", {"augment": "jitter"}),
+    ), ("grad_heatmap", "regularisation")),
+]
+
+
+def of_preset(preset: str | None) -> list:
+    """The studies of the preset(s) that launched a sweep ("optimizers,seeds": both); a sweep
+    without a preset, or with none that has a study (seeds alone), is read for every study: each
+    figure and claim then appears where the runs varied its axes."""
+    presets = set((preset or "").split(","))
+    return [study for study in STUDIES if study.preset in presets] or list(STUDIES)
