@@ -1,7 +1,11 @@
 """Helpers for tests that drive the real CLI against a temporary MLflow store."""
 
+import atexit
+import contextlib
 import functools
+import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -50,9 +54,71 @@ def run_cli(*args, runs_dir: Path, uri: str | None = None, timeout: int = 300, e
     """`python -m harness ARGS` in a subprocess, writing everything under runs_dir (by default
     into runs_dir/mlflow.db, see local_store)."""
     uri = uri or local_store(runs_dir)
-    command = [sys.executable, "-m", "harness", *args, f"paths.runs={runs_dir}", f"tracking.uri={uri}"]
-    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return run_module("harness", *args, f"paths.runs={runs_dir}", f"tracking.uri={uri}", timeout=timeout, env=env)
+
+
+def run_module(module: str, *args, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` from the project root with the output captured as text, as
+    subprocess.run would give it; run by a child of the fork server (see forkserver.py), which
+    has the imports done, unless the environment changes where Python finds the project."""
+    env = {**os.environ, **(env or {})}
+    if env.get("PYTHONPATH") != os.environ.get("PYTHONPATH"):
+        return subprocess.run([sys.executable, "-m", module, *args], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, timeout=timeout, env=env)
+    return fork_server().run(module, list(args), env, timeout)
+
+
+class ForkServer:
+    """The client side of tests/forkserver.py: one request at a time."""
+
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "tests" / "forkserver.py")],
+                                        cwd=PROJECT_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.pending = b""
+        self.reply(timeout=300)  # ready: its imports are done
+
+    def reply(self, timeout: float | None) -> dict | None:
+        """The next reply, or None if none came within `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.process.stdout], [], [], left)[0]:
+                return None
+            chunk = os.read(self.process.stdout.fileno(), 65536)
+            if not chunk:
+                raise RuntimeError(f"the fork server ended (exit status {self.process.wait()})")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+    def run(self, module: str, args: list, env: dict, timeout: float) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", module, *args]
+        with tempfile.TemporaryDirectory(prefix="cli-output-") as folder:
+            out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+            request = {"module": module, "args": args, "cwd": str(PROJECT_ROOT), "env": env,
+                       "stdout": str(out), "stderr": str(err)}
+            self.process.stdin.write(json.dumps(request).encode() + b"\n")
+            self.process.stdin.flush()
+            pid = self.reply(timeout=60)["pid"]
+            ended = None
+            try:
+                ended = self.reply(timeout)
+            finally:
+                if ended is None:  # a timeout, or the test was interrupted
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+                    self.reply(timeout=60)
+            output = out.read_text(), err.read_text()
+        if ended is None:
+            raise subprocess.TimeoutExpired(command, timeout, *output)
+        return subprocess.CompletedProcess(command, ended["returncode"], *output)
+
+
+@functools.lru_cache(maxsize=1)
+def fork_server() -> ForkServer:
+    server = ForkServer()
+    atexit.register(server.process.kill)
+    return server
 
 
 def chromium():

@@ -2,8 +2,6 @@
 
 import csv
 import hashlib
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -13,14 +11,13 @@ from analysis import frames
 from analysis.figures import DPI, FIGSIZE
 from analysis.load import histories_frame, layer_tables, open_client, runs_frame, select_runs
 
-from conftest import PROJECT_ROOT, chromium, run_cli
+from conftest import chromium, run_cli, run_module
 
 FAST = ["data=synthetic", "trainer=smoke", "probes.shift.images=64"]
 
 
 def analysis(*args):
-    return subprocess.run([sys.executable, "-m", "analysis", *args], cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return run_module("analysis", *args, timeout=300)
 
 
 @pytest.fixture(scope="module")

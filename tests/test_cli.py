@@ -14,7 +14,7 @@ import yaml
 from mlflow.artifacts import download_artifacts
 from PIL import Image
 
-from conftest import PROJECT_ROOT, all_runs, recompute_test_metrics, run_cli
+from conftest import PROJECT_ROOT, all_runs, recompute_test_metrics, run_cli, run_module
 
 SMOKE = ["data=synthetic", "trainer=smoke"]
 
@@ -188,8 +188,7 @@ def test_two_sweeps_started_together_get_separate_folders():
     ("regularisation", {"model.dropout": "0,0.3", "optim.weight_decay": "0,5e-4", "augment": "crop_flip,jitter"}),
 ])
 def test_study_presets_compose_into_their_sweeps(preset, axes):
-    output = subprocess.run([sys.executable, "-m", "harness", "--cfg", "all", f"+experiment={preset}", "trainer=quick"],
-                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    output = run_module("harness", "--cfg", "all", f"+experiment={preset}", "trainer=quick", timeout=60)
     assert output.returncode == 0, output.stderr
     config = yaml.safe_load(output.stdout)
     assert {k: str(v) for k, v in config["hydra"]["sweeper"]["params"].items()} == axes

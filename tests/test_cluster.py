@@ -13,7 +13,7 @@ from mlflow.artifacts import download_artifacts
 from mlflow.tracking import MlflowClient
 
 from cluster import Postgres, Slurm, wait_until
-from conftest import PROJECT_ROOT, local_store, run_cli, start_mlflow_server, stop_process_group
+from conftest import PROJECT_ROOT, local_store, run_cli, run_module, start_mlflow_server, stop_process_group
 
 pytestmark = pytest.mark.slow
 
@@ -94,8 +94,7 @@ def test_eight_slurm_jobs_log_every_point_through_one_postgres_backed_server(slu
         assert per_layer and all(stored[key][0] == stored[key][2] + 1 for key in per_layer)  # probed every step
 
     report = tmp_path / "report"
-    analysis = subprocess.run([sys.executable, "-m", "analysis", "--uri", server, "--out", str(report)],
-                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    analysis = run_module("analysis", "--uri", server, "--out", str(report), timeout=300)
     assert analysis.returncode == 0, analysis.stderr
     assert (report / "1_training_curves.png").is_file() and "## Gradient flow" in (report / "index.md").read_text()
     assert "report/index.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}

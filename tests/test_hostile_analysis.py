@@ -6,14 +6,13 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import PROJECT_ROOT, free_port, run_cli
+from conftest import free_port, run_cli, run_module
 
 PASSWORD = "s3cret-pw"
 
@@ -83,9 +82,7 @@ def test_each_hostile_case_is_one_line_and_touches_nothing_outside_the_report_ro
             tamper(client, parent, paths)
         before = _files(tmp_path, root)
         started = time.monotonic()
-        result = subprocess.run([sys.executable, "-m", "analysis", "--uri", uri, "--reports", str(root),
-                                 *[a.format(**paths) for a in args]],
-                                cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+        result = run_module("analysis", "--uri", uri, "--reports", str(root), *[a.format(**paths) for a in args], timeout=300)
         took = time.monotonic() - started
         after = _files(tmp_path, root)
     finally:
@@ -115,12 +112,10 @@ def _files(folder: Path, report_root: Path) -> dict:
 def test_a_report_replaces_its_own_folder_and_no_other(store, tmp_path):
     uri = f"sqlite:///{store}"
     out = tmp_path / "report"
-    first = subprocess.run([sys.executable, "-m", "analysis", "--uri", uri, "--out", str(out)],
-                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    first = run_module("analysis", "--uri", uri, "--out", str(out), timeout=300)
     assert first.returncode == 0, first.stderr
     (out / "stale.txt").write_text("from an older report")
-    again = subprocess.run([sys.executable, "-m", "analysis", "--uri", uri, "--out", str(out)],
-                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    again = run_module("analysis", "--uri", uri, "--out", str(out), timeout=300)
     assert again.returncode == 0, again.stderr
     assert not (out / "stale.txt").exists() and (out / "index.md").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no build folder left beside it
@@ -138,8 +133,7 @@ def test_a_killed_run_does_not_enter_the_figures_captions(store, tmp_path):
                  for name in ("d8", "d14")}
     test_error = {name: 1 - runs[name].data.metrics["test/acc"] for name in ("d8", "d14")}
     out = tmp_path / "report"
-    result = subprocess.run([sys.executable, "-m", "analysis", "--uri", uri, "--out", str(out)],
-                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    result = run_module("analysis", "--uri", uri, "--out", str(out), timeout=300)
     assert result.returncode == 0, result.stderr
     captions = {line.split(":", 1)[0]: line for line in result.stdout.splitlines()}
     assert captions["left out of the figures"] == "left out of the figures: d20 (killed)"

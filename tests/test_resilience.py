@@ -16,7 +16,8 @@ import torch
 from mlflow.artifacts import download_artifacts
 from PIL import Image
 
-from conftest import PROJECT_ROOT, all_runs, local_store, run_cli, start_mlflow_server, stop_process_group
+from conftest import (PROJECT_ROOT, all_runs, local_store, run_cli, run_module, start_mlflow_server,
+                      stop_process_group)
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +38,8 @@ def launch(*args, runs_dir: Path, uri: str | None = None, new_session=False, pro
 
 
 def harness_runs(*args, timeout=600, project: Path = PROJECT_ROOT):
+    if project == PROJECT_ROOT:
+        return run_module("harness.runs", *args, timeout=timeout)
     return subprocess.run([sys.executable, "-m", "harness.runs", *args], cwd=project, capture_output=True,
                           text=True, timeout=timeout, env=in_project(project))
 
@@ -170,8 +173,7 @@ def test_a_second_resume_of_a_running_job_says_who_holds_it_and_touches_nothing(
     assert second.stderr.splitlines() == [f"error: job {job} is in use by {holder}: it is still running, not resumed"]
     # the job started again as the resume starts it (a rerun, a requeue) stops before it writes anything
     overrides = json.loads((job / "job.json").read_text())["overrides"]
-    again = subprocess.run([sys.executable, "-m", "harness", *overrides, f"hydra.run.dir={job}",
-                            "hydra.output_subdir=null"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    again = run_module("harness", *overrides, f"hydra.run.dir={job}", "hydra.output_subdir=null", timeout=120)
     assert again.returncode == 3 and f"is in use by {holder}" in again.stderr, again.stderr
     assert not (job / "outcome.txt").exists()
 

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from harness.jobs.job import JobInfo
 from harness.tracking.store import JobRun, MetricBuffer, open_experiment, short_name
 
-from conftest import PROJECT_ROOT, run_cli, start_mlflow_server, stop_process_group
+from conftest import PROJECT_ROOT, run_cli, run_module, start_mlflow_server, stop_process_group
 
 
 @pytest.fixture
@@ -68,8 +68,7 @@ def test_sweep_through_a_real_mlflow_server(tmp_path, mlflow_server):
     assert len(stored) > 10 and not any(b"s3cret-pw" in data for data in stored)
 
     # the report reads histories through the REST API and uploads itself to the parent run
-    report = subprocess.run([sys.executable, "-m", "analysis", "--uri", mlflow_server, "--out", str(tmp_path / "report")],
-                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    report = run_module("analysis", "--uri", mlflow_server, "--out", str(tmp_path / "report"), timeout=300)
     assert report.returncode == 0, report.stderr
     summary = (tmp_path / "report" / "summary.csv").read_text()
     for run in children:
