@@ -13,7 +13,7 @@ import statistics
 import time
 
 
-def write(uri: str, experiment_id: str, batch: int, seconds: float, start_at: float, results) -> None:
+def write(uri: str, experiment_id: str, batch: int, seconds: float, ready, results) -> None:
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
@@ -21,8 +21,8 @@ def write(uri: str, experiment_id: str, batch: int, seconds: float, start_at: fl
     run_id = client.create_run(experiment_id).info.run_id
     keys = [f"grad_norm/{i:03d}_layer" for i in range(100)]
     step, latencies = 0, []
-    while time.time() < start_at:
-        time.sleep(0.01)
+    ready.wait(timeout=300)  # every writer has imported MLflow and made its run: the window opens for all at once
+    start_at = time.time()
     while time.time() < start_at + seconds:
         now = int(time.time() * 1000)
         points = [Metric(keys[i % len(keys)], float(i), now, step + i // len(keys)) for i in range(batch)]
@@ -38,8 +38,8 @@ def measure(uri: str, experiment_id: str, writers: int, batch: int, seconds: flo
     """(points per second over all writers, median call seconds, 95th-percentile call seconds)."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    start_at = time.time() + 5  # every writer has imported MLflow and made its run by then
-    processes = [context.Process(target=write, args=(uri, experiment_id, batch, seconds, start_at, results))
+    ready = context.Barrier(writers)
+    processes = [context.Process(target=write, args=(uri, experiment_id, batch, seconds, ready, results))
                  for _ in range(writers)]
     for process in processes:
         process.start()

@@ -19,7 +19,12 @@ import sys
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PRELOADED = ["harness.app", "harness.runs", "torch._dynamo", "analysis.load", "analysis.report"]
+PRELOADED = ["harness.app", "harness.runs", "torch._dynamo", "analysis.load", "analysis.report",
+             # what a job or a report imports only once it opens a store or starts its launcher
+             "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.utils", "alembic.command",
+             "alembic.runtime.migration", "hydra._internal.logging_config", "cryptography.fernet",
+             "mako.ext.pygmentplugin", "hydra_plugins.hydra_joblib_launcher.joblib_launcher",
+             "hydra_plugins.hydra_submitit_launcher.submitit_launcher"]
 
 
 def run_child(request: dict) -> None:

@@ -158,8 +158,7 @@ def test_failed_and_diverged_jobs_do_not_stop_the_sweep(runs_dir):
 
 def test_hydra_cli_basics():
     def harness(*args):
-        return subprocess.run([sys.executable, "-m", "harness", *args], cwd=PROJECT_ROOT,
-                              capture_output=True, text=True, timeout=60)
+        return run_module("harness", *args, timeout=60)
 
     help_text = harness("--help").stdout
     assert "optim: adam, adamw, fast, he2016, momentum, nesterov, rmsprop, sgd" in help_text
