@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis import frames
+from analysis import frames, intervals
 from harness import contract
 
 EXPLODING, VANISHING = 10.0, 0.1  # first-to-last hidden layer gradient-norm ratios
@@ -109,14 +109,16 @@ def convergence(history: pd.DataFrame) -> pd.DataFrame:
 class Claim:
     """`a` <relation> `b` in `quantity`, where an arm is {frames column: value} ("min"/"max":
     the extreme of that column among the runs) or a constant. relation ">": a exceeds b;
-    "<=": a is not measurably above b. `trained`: the quantity depends on how far training
-    got, so the verdict needs converged runs. The claims themselves: analysis.studies."""
+    "<=": a is not above b by more than `margin` (a fraction of b's value; 0: not at all).
+    `trained`: the quantity depends on how far training got, so the verdict needs converged
+    runs. The claims themselves: analysis.studies."""
     statement: str
     quantity: str
     a: object
     relation: str
     b: object
     trained: bool = True
+    margin: float = 0.0
 
 
 QUANTITIES = {  # how each quantity is read, for the report
@@ -128,8 +130,8 @@ QUANTITIES = {  # how each quantity is read, for the report
     "generalisation gap": f"training accuracy (last {FINAL_WINDOW:.0%} of steps, augmented batches) - test accuracy",
     **{f"{f} consistency": f"test-set {f} consistency" for f in contract.INVARIANCE_FAMILIES},
 }
-HOLDS, DOES_NOT_HOLD, TOO_FEW, TOO_SHORT = "holds", "does not hold", "not enough runs to tell", "budget too short"
-SPREADS = 2  # a difference must exceed this many standard deviations across seeds
+HOLDS, DOES_NOT_HOLD, INCONCLUSIVE, TOO_SHORT = "holds", "does not hold", "inconclusive", "budget too short"
+ONE_RUN, NO_RUN = "inconclusive (one run per arm)", "inconclusive (no usable run in an arm)"
 
 
 def measures(history: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame, flow: pd.DataFrame | None = None
@@ -201,20 +203,45 @@ def _judge(claim: Claim, runs: pd.DataFrame):
     result = {"a": described["a"], "relation": claim.relation, "b": described["b"]}
     involved = pd.concat(groups)
     lost = involved[~_counts(involved, claim) | involved[claim.quantity].isna()]
+    left_out = f"; left out: {_names(lost)}" if len(lost) else ""
     if any(len(v) == 0 for v in values):
-        return {**result, "verdict": TOO_FEW, "why": "no usable run in an arm: " + _names(lost)}
+        return {**result, "verdict": NO_RUN, "why": "no usable run in an arm: " + _names(lost)}
     unconverged = involved[involved["usable"] & (involved["converged"] != True)]  # noqa: E712
     if claim.trained and not unconverged.empty:
         return {**result, "verdict": TOO_SHORT, "why": "not converged: " + ", ".join(
             f"{r.run_name} (loss changed {r.loss_change:.0%})" if pd.notna(r.loss_change)
             else f"{r.run_name} (too few logged steps)" for r in unconverged.itertuples())}
-    if any(len(v) < 2 for v, arm in zip(values, arms) if isinstance(arm, pd.DataFrame)):
-        return {**result, "verdict": TOO_FEW, "why": "one run per arm: sweep trainer.seed for a spread"}
-    difference = values[0].mean() - values[1].mean()
-    spread = max(v.std(ddof=1) if len(v) > 1 else 0.0 for v in values)
-    holds = difference > SPREADS * spread if claim.relation == ">" else difference <= SPREADS * spread
-    return {**result, "verdict": HOLDS if holds else DOES_NOT_HOLD,
-            "why": f"difference {difference:.3g}, spread {spread:.2g}" + (f"; left out: {_names(lost)}" if len(lost) else "")}
+    sides = [v if isinstance(arm, pd.DataFrame) else float(arm) for v, arm in zip(values, arms)]
+    margin = claim.margin * abs(values[1].mean()) if claim.relation == "<=" else 0.0
+    interval = intervals.difference(*sides)
+    if interval is None:
+        point = values[0].mean() - values[1].mean()
+        side = "on the claimed side" if _claimed(point, point, claim.relation, margin) else "on the other side"
+        return {**result, "difference": point, "margin": margin, "verdict": ONE_RUN,
+                "why": f"the single runs' difference {_sig(point)} is {side}, with no spread to judge it by: "
+                       f"sweep trainer.seed{left_out}"}
+    measured = {"difference": interval.difference, "low": interval.low, "high": interval.high, "margin": margin}
+    if _claimed(interval.low, interval.high, claim.relation, margin):
+        verdict, why = HOLDS, f"the {intervals.CONFIDENCE:.0%} interval lies on the claimed side"
+    elif _claimed(interval.low, interval.high, _OTHER[claim.relation], margin):
+        verdict, why = DOES_NOT_HOLD, f"the {intervals.CONFIDENCE:.0%} interval lies on the other side"
+    else:
+        verdict, why = INCONCLUSIVE, (f"the {intervals.CONFIDENCE:.0%} interval reaches both sides of {_sig(margin)}: "
+                                      f"at this spread, n={interval.n_a or '-'}/{interval.n_b or '-'} tells only a "
+                                      f"difference beyond {_sig(interval.half_width)}")
+    return {**result, **measured, "verdict": verdict, "why": why + left_out}
+
+
+_OTHER = {">": "<=", "<=": ">"}
+
+
+def _claimed(low: float, high: float, relation: str, margin: float) -> bool:
+    """Whether an interval [low, high] of a - b lies wholly on the side `relation` claims."""
+    return low > margin if relation == ">" else high <= margin
+
+
+def _sig(x: float) -> str:
+    return f"{x:.3g}"
 
 
 def _arm(side, runs: pd.DataFrame):
@@ -252,8 +279,8 @@ def _describe(side, arm, values: pd.Series, labels: dict) -> str:
     label = ", ".join(str(first[c]) if c in labels else f"{c}={first[c]}" for c in side)
     if values.empty:
         return f"{label}: no value"
-    spread = f" ± {values.std(ddof=1):.2g}" if len(values) > 1 else ""
-    return f"{label}: {values.mean():.4g}{spread} (n={len(values)})"
+    spread = f" ± {_sig(values.std(ddof=1))}" if len(values) > 1 else ""
+    return f"{label}: {_sig(values.mean())}{spread} (n={len(values)})"
 
 
 def _names(runs: pd.DataFrame) -> str:
@@ -261,24 +288,38 @@ def _names(runs: pd.DataFrame) -> str:
 
 
 RULE = (f"Each claim compares two arms in one measured quantity: an arm's value is the mean over its runs "
-        f"± the standard deviation across seeds (n runs). **{HOLDS}**: the difference in the claimed "
-        f"direction exceeds {SPREADS}x the larger spread (for a claim that one arm is *not above* the "
-        f"other: the difference against it is at most {SPREADS}x the spread); **{DOES_NOT_HOLD}**: "
-        f"otherwise; **{TOO_FEW}**: one run per arm, or an arm with no usable run (finished, not "
-        f"diverged); **{TOO_SHORT}**: a compared run has not converged (its training loss changed by "
-        f"{CONVERGED_CHANGE:.0%} or more between the last {FINAL_WINDOW:.0%} of its steps and the {FINAL_WINDOW:.0%} before). "
-        "Claims about the initialisation need no convergence, and count a run that diverged later: "
-        "its step-0 value was measured before.")
+        f"± the standard deviation across seeds (n runs). The difference A - B comes with its "
+        f"{intervals.CONFIDENCE:.0%} confidence interval ({intervals.METHOD}: unequal variances; against a constant, "
+        f"the one-sample t interval). **{HOLDS}**: the interval lies wholly on the claimed side: above 0 for "
+        f"A > B; for A <= B (A is not above B), at or below the margin the claim states, a fraction of B; "
+        f"**{DOES_NOT_HOLD}**: it lies wholly on the other side; **{INCONCLUSIVE}**: it reaches both, with the "
+        f"smallest difference this n could have told at the spread measured (the interval's half-width); "
+        f"**{ONE_RUN}**: no spread to judge by, and the table says on which side the single runs fall; "
+        f"**{NO_RUN}**: an arm has no usable run (finished, not diverged); **{TOO_SHORT}**: a compared run "
+        f"has not converged (its training loss changed by {CONVERGED_CHANGE:.0%} or more between the last "
+        f"{FINAL_WINDOW:.0%} of its steps and the {FINAL_WINDOW:.0%} before). Claims about the initialisation "
+        "need no convergence, and count a run that diverged later: its step-0 value was measured before.")
 
 
 def claims_markdown(table: pd.DataFrame) -> list:
     """The report's claims section: the rule, then one table per study."""
     lines = ["## Claims", "", RULE, ""]
     for study, rows in table.groupby("study", sort=False):
-        lines += [f"### {study}", "", "| claim | measured | arm A | | arm B | verdict | why |", "|---|---|---|---|---|---|---|"]
+        lines += [f"### {study}", "", f"| claim | measured | arm A | | arm B | A - B, {intervals.CONFIDENCE:.0%} interval "
+                  "| verdict | why |", "|---|---|---|---|---|---|---|---|"]
         for r in rows.itertuples():
             where = f" ({r.where})" if r.where else ""
             lines.append(f"| {r.claim}{where} | {QUANTITIES[r.quantity]} | {r.a} | {r.relation} | {r.b} | "
-                         f"**{r.verdict}** | {r.why} |")
+                         f"{interval_text(r._asdict())} | **{r.verdict}** | {r.why} |")
         lines.append("")
     return lines
+
+
+def interval_text(row: dict) -> str:
+    """`0.41 [0.347, 0.453]`, with `(margin 0.021)` for a claim that A is not above B; the
+    point alone where there is no interval, a dash where there is no difference."""
+    point, low, high = (row.get(k, math.nan) for k in ("difference", "low", "high"))
+    if pd.isna(point):
+        return "-"
+    text = _sig(point) + ("" if pd.isna(low) else f" [{_sig(low)}, {_sig(high)}]")
+    return text + (f" (margin {_sig(row['margin'])})" if row.get("relation") == "<=" else "")

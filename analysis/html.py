@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.claims import QUANTITIES
+from analysis.claims import QUANTITIES, interval_text
+from analysis.intervals import CONFIDENCE
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1050px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -19,7 +20,7 @@ figure { margin: 2em 0; }
 figure img { width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-style: italic; margin-top: 0.4em; }
 .holds { color: #1a7f37; font-weight: bold; } .does-not-hold { color: #b42318; font-weight: bold; }
-.budget-too-short, .not-enough-runs-to-tell { color: #8a6d00; font-weight: bold; }
+.budget-too-short, .inconclusive { color: #8a6d00; font-weight: bold; }
 pre { background: #f6f8fa; padding: 1em; overflow-x: auto; font-size: 0.8em; }
 """
 
@@ -34,10 +35,12 @@ def write_html(path: Path, title: str, intro: str, folder: Path, drawn: dict, sk
         parts += ["<h2>Claims</h2>", f"<p>{_e(claims_rule)}</p>"]
         for study, rows in claims.groupby("study", sort=False):
             parts.append(f"<h3>{_e(study)}</h3>")
-            parts.append(_table(["claim", "measured", "arm A", "", "arm B", "verdict", "why"], [
+            parts.append(_table(["claim", "measured", "arm A", "", "arm B", f"A - B, {CONFIDENCE:.0%} interval",
+                                 "verdict", "why"], [
                 [r.claim + (f" ({r.where})" if r.where else ""), QUANTITIES[r.quantity], r.a, r.relation, r.b,
-                 f"<span class='{r.verdict.replace(' ', '-')}'>{_e(r.verdict)}</span>", r.why]
-                for r in rows.itertuples()], raw_column=5))
+                 interval_text(r._asdict()), f"<span class='{r.verdict.split(' (')[0].replace(' ', '-')}'>"
+                 f"{_e(r.verdict)}</span>", r.why]
+                for r in rows.itertuples()], raw_column=6))
     parts.append("<h2>Figures</h2>")
     for stem, caption in drawn.items():
         image = base64.b64encode((folder / f"{stem}.png").read_bytes()).decode()

@@ -4,8 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.claims import (CONVERGED_CHANGE, DOES_NOT_HOLD, HOLDS, TOO_FEW, TOO_SHORT, convergence, measures,
-                             verdicts)
+from scipy import stats
+
+from analysis.claims import (CONVERGED_CHANGE, DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, NO_RUN, ONE_RUN, TOO_SHORT,
+                             claims_markdown, convergence, measures, verdicts)
 from analysis.frames import swept
 from analysis.studies import STUDIES
 
@@ -58,32 +60,73 @@ def depth_study(losses: dict, **runs_overrides):
 
 
 PLAIN_DEGRADES = "Plain nets degrade with depth: the deepest trains worse than the shallowest"
-RESIDUAL_DOES_NOT = "Residual nets do not degrade with depth"
+RESIDUAL_DOES_NOT = "Residual nets do not degrade with depth: the deepest trains within 5% of the shallowest's loss"
 RESIDUAL_HELPS = "At the greatest depth, residual connections make the net train better"
 
 
-def test_verdicts_follow_the_two_spreads_rule():
-    verdict, table = depth_study({"p20s0": 0.50, "p20s1": 0.52, "p56s0": 0.90, "p56s1": 0.94,  # far apart
-                                  "r20s0": 0.40, "r20s1": 0.44, "r56s0": 0.43, "r56s1": 0.41})  # within spread
-    assert verdict[PLAIN_DEGRADES] == HOLDS
-    assert verdict[RESIDUAL_DOES_NOT] == HOLDS
-    assert verdict[RESIDUAL_HELPS] == HOLDS
-    row = table.loc[PLAIN_DEGRADES]
-    assert row["a"] == f"plain, depth=56: 0.92 ± {np.std([0.90, 0.94], ddof=1):.2g} (n=2)"
-    assert row["b"].startswith("plain, depth=20: 0.51 ±")
-    assert row["why"].startswith(f"difference {0.92 - 0.51:.3g}, spread {np.std([0.90, 0.94], ddof=1):.2g}")
+def seeds(arch, depth, *levels):
+    return {f"{arch}{depth}s{seed}": level for seed, level in enumerate(levels)}
 
-    # the same means, with a spread across seeds larger than half the difference: no longer shown
-    verdict, _ = depth_study({"p20s0": 0.30, "p20s1": 0.72, "p56s0": 0.50, "p56s1": 1.34,
-                              "r20s0": 0.40, "r20s1": 0.44, "r56s0": 0.80, "r56s1": 0.84})
-    assert verdict[PLAIN_DEGRADES] == DOES_NOT_HOLD
-    assert verdict[RESIDUAL_DOES_NOT] == DOES_NOT_HOLD  # residual-56 is 0.4 worse, spread 0.03
+
+def welch(a, b):
+    """scipy's own Welch interval of mean(a) - mean(b): the independent answer."""
+    return stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+
+
+def test_a_verdict_is_where_the_welch_interval_lies():
+    p20, p56 = [0.50, 0.52, 0.51], [0.90, 0.94, 0.92]
+    r20, r56 = [0.418, 0.422, 0.420], [0.415, 0.425, 0.420]
+    verdict, table = depth_study({**seeds("p", 20, *p20), **seeds("p", 56, *p56),
+                                  **seeds("r", 20, *r20), **seeds("r", 56, *r56)})
+    row = table.loc[PLAIN_DEGRADES]
+    expected = welch(p56, p20)
+    assert verdict[PLAIN_DEGRADES] == HOLDS and expected.low > 0
+    assert (row["low"], row["high"]) == (pytest.approx(expected.low), pytest.approx(expected.high))
+    assert row["difference"] == pytest.approx(0.41)
+    assert row["a"] == f"plain, depth=56: 0.92 ± {np.std(p56, ddof=1):.3g} (n=3)"
+    # does not degrade: the whole interval under the margin, 5% of residual-20's loss
+    row = table.loc[RESIDUAL_DOES_NOT]
+    assert verdict[RESIDUAL_DOES_NOT] == HOLDS and row["margin"] == pytest.approx(0.05 * 0.42)
+    assert row["high"] == pytest.approx(welch(r56, r20).high) and welch(r56, r20).high < 0.021
+    lines = "\n".join(claims_markdown(table.reset_index()))
+    assert f"| {0.41:.3g} [{expected.low:.3g}, {expected.high:.3g}] | **holds** |" in lines
+    assert f"(margin {0.021:.3g}) | **holds** |" in lines
+
+
+def test_a_wide_spread_makes_no_claim_hold_and_an_interval_on_the_other_side_does_not_hold():
+    # residual-8 against residual-20 as measured on MNIST: 1.467 ± 0.049 and 1.653 ± 0.36, two seeds each
+    r8, r20 = [1.467 - 0.0346, 1.467 + 0.0346], [1.653 - 0.2546, 1.653 + 0.2546]
+    p8, p20 = [0.90, 0.92], [0.50, 0.52]  # the deeper plain net trains better: the claim's other side
+    verdict, table = depth_study({**seeds("r", 8, *r8), **seeds("r", 20, *r20), **seeds("p", 8, *p8),
+                                  **seeds("p", 20, *p20)})
+    row = table.loc[RESIDUAL_DOES_NOT]
+    assert verdict[RESIDUAL_DOES_NOT] == INCONCLUSIVE
+    interval = welch(r20, r8)
+    assert interval.low < row["margin"] < interval.high
+    assert row["why"].endswith(f"tells only a difference beyond {(interval.high - interval.low) / 2:.3g}")
+    assert welch(p20, p8).high < 0 and verdict[PLAIN_DEGRADES] == DOES_NOT_HOLD
+
+
+def test_a_claim_against_a_constant_takes_the_one_sample_interval():
+    names = ["p56s0", "p56s1", "p56s2"]
+    runs = pd.DataFrame([run(n, 56, False, int(n[-1])) for n in names])
+    ratios = [0.80, 0.83, 0.86]
+    flow = pd.DataFrame({"run_id": names, "ratio_start": ratios})
+    table = verdicts(measures(pd.concat([history(n, flat(1.0)) for n in names]), runs, EMPTY_LAYERS, flow),
+                     swept(runs), STUDIES).set_index("claim")
+    explodes = table.loc["With BatchNorm, it explodes instead"]
+    expected = stats.ttest_1samp(ratios, 10.0).confidence_interval(0.95)
+    assert explodes["verdict"] == DOES_NOT_HOLD
+    assert (explodes["low"], explodes["high"]) == (pytest.approx(expected.low - 10), pytest.approx(expected.high - 10))
 
 
 def test_one_seed_is_not_enough_and_an_unconverged_run_is_named():
-    verdict, _ = depth_study({"p20s0": 0.5, "p56s0": 0.9, "r20s0": 0.4, "r56s0": 0.41})
+    verdict, table = depth_study({"p20s0": 0.9, "p56s0": 0.5, "r20s0": 0.4, "r56s0": 0.41})
     assert set(verdict.index) == {PLAIN_DEGRADES, RESIDUAL_DOES_NOT, RESIDUAL_HELPS}
-    assert (verdict == TOO_FEW).all()
+    assert (verdict == ONE_RUN).all()
+    # never silent about a point estimate on the wrong side
+    assert table.loc[PLAIN_DEGRADES, "why"].startswith(f"the single runs' difference {0.5 - 0.9:.3g} is on the other side")
+    assert table.loc[RESIDUAL_HELPS, "why"].startswith(f"the single runs' difference {0.5 - 0.41:.3g} is on the claimed side")
 
     verdict, table = depth_study({"p20s0": 0.5, "p20s1": 0.5, "p56s0": 0.9, "p56s1": 0.9,
                                   "r20s0": 0.4, "r20s1": 0.4, "r56s0": falling(2.0), "r56s1": 0.4})
@@ -102,7 +145,7 @@ def test_failed_and_diverged_runs_are_left_out_and_named():
 
     verdict, table = depth_study({"p20s0": 0.5, "p56s0": 0.9, "r20s0": 0.4, "r56s0": 0.4},
                                  p56s0={"status": "FAILED"})
-    assert verdict[PLAIN_DEGRADES] == TOO_FEW
+    assert verdict[PLAIN_DEGRADES] == NO_RUN
     assert table.loc[PLAIN_DEGRADES, "why"] == "no usable run in an arm: p56s0 (failed)"
 
 
