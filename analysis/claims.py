@@ -80,26 +80,42 @@ def gradient_flow_markdown(table: pd.DataFrame) -> list:
 # ---------------------------------------------------------------- convergence
 
 CONVERGED_CHANGE = 0.05  # a run has converged when its training loss changed by less than this ...
-FINAL_WINDOW = 0.1  # ... between the last 10% of its steps and the 10% before
+FINAL_WINDOW = 0.1  # ... between the last 10% of its training and the 10% before, training
+# measured in learning rate spent (lr summed over steps), not in steps: a schedule that anneals
+# the lr to 0 flattens the loss per step whether or not the net has learnt, not per unit of lr
 
 
 def convergence(history: pd.DataFrame) -> pd.DataFrame:
     """Per run: the mean training loss and accuracy over the last FINAL_WINDOW of its steps, the
-    relative change of the loss from the window before, and whether that is under
-    CONVERGED_CHANGE. A window with no logged point leaves the change unknown (not converged)."""
+    relative change of the loss between the last FINAL_WINDOW of its training (in lr spent, see
+    training_spent) and the window before, and whether that is under CONVERGED_CHANGE. A window
+    with no logged point leaves the change unknown (not converged)."""
     rows = []
-    for run_id, run in history[history["key"].isin([contract.TRAIN_LOSS, contract.TRAIN_ACC])].groupby("run_id"):
-        loss = run[run["key"] == contract.TRAIN_LOSS]
+    keys = [contract.TRAIN_LOSS, contract.TRAIN_ACC, contract.LR]
+    for run_id, run in history[history["key"].isin(keys)].groupby("run_id"):
+        loss = run[run["key"] == contract.TRAIN_LOSS].sort_values("step")
         acc = run[run["key"] == contract.TRAIN_ACC]
         end = loss["step"].max()
-        last = loss["step"] > end * (1 - FINAL_WINDOW)
-        before = (loss["step"] > end * (1 - 2 * FINAL_WINDOW)) & ~last
+        spent = training_spent(loss["step"], run[run["key"] == contract.LR])
+        last = spent > spent.max() * (1 - FINAL_WINDOW)
+        before = (spent > spent.max() * (1 - 2 * FINAL_WINDOW)) & ~last
         final, previous = loss.loc[last, "value"].mean(), loss.loc[before, "value"].mean()
         change = abs(previous - final) / previous if before.any() and previous > 0 else math.nan
-        rows.append({"run_id": run_id, "final_train_loss": final, "loss_change": change,
-                     "converged": bool(change < CONVERGED_CHANGE),
+        rows.append({"run_id": run_id, "final_train_loss": loss.loc[loss["step"] > end * (1 - FINAL_WINDOW), "value"].mean(),
+                     "loss_change": change, "converged": bool(change < CONVERGED_CHANGE),
                      "final_train_acc": acc.loc[acc["step"] > end * (1 - FINAL_WINDOW), "value"].mean()})
     return pd.DataFrame(rows, columns=["run_id", "final_train_loss", "loss_change", "converged", "final_train_acc"])
+
+
+def training_spent(steps: pd.Series, lr: pd.DataFrame) -> pd.Series:
+    """At each logged step, the learning rate spent so far: the lr logged with each point times
+    the steps since the point before. The steps themselves where no lr was logged with every
+    point (a constant lr gives the same windows either way)."""
+    rate = lr.drop_duplicates("step").set_index("step")["value"].reindex(steps.to_numpy())
+    if rate.isna().any() or not (rate > 0).any():
+        return steps
+    spent = (rate.to_numpy() * np.diff(steps.to_numpy(), prepend=0)).cumsum()
+    return pd.Series(spent, index=steps.index)
 
 
 # ---------------------------------------------------------------- the claims of the lectures
@@ -296,8 +312,10 @@ RULE = (f"Each claim compares two arms in one measured quantity: an arm's value 
         f"smallest difference this n could have told at the spread measured (the interval's half-width); "
         f"**{ONE_RUN}**: no spread to judge by, and the table says on which side the single runs fall; "
         f"**{NO_RUN}**: an arm has no usable run (finished, not diverged); **{TOO_SHORT}**: a compared run "
-        f"has not converged (its training loss changed by {CONVERGED_CHANGE:.0%} or more between the last "
-        f"{FINAL_WINDOW:.0%} of its steps and the {FINAL_WINDOW:.0%} before). Claims about the initialisation "
+        f"has not converged: its training loss changed by {CONVERGED_CHANGE:.0%} or more between the last "
+        f"{FINAL_WINDOW:.0%} of its training and the {FINAL_WINDOW:.0%} before, training counted in learning rate "
+        "spent (the lr summed over steps), so that a schedule annealing the lr to 0 cannot flatten it. Claims "
+        "about the initialisation "
         "need no convergence, and count a run that diverged later: its step-0 value was measured before.")
 
 

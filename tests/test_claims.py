@@ -47,6 +47,27 @@ def test_convergence_compares_the_last_tenth_of_steps_with_the_tenth_before():
     assert np.isnan(table.loc["short", "loss_change"]) and not table.loc["short", "converged"]  # no window before
 
 
+def test_an_annealed_but_untrained_run_is_not_converged():
+    """A cosine schedule to 0 over 200 steps; the loss falls with the lr spent and never levels
+    off, so per step it flattens at the end (the rule by steps would call it converged)."""
+    steps = np.arange(10, 201, 10)
+    lr = 0.1 * 0.5 * (1 + np.cos(np.pi * steps / 200))
+    spent = np.cumsum(lr * 10)
+    loss = 2.3 * (1 - 0.6 * spent / spent[-1])
+    rows = [("annealed", key, int(step), value) for step, l_value, r_value in zip(steps, loss, lr)
+            for key, value in (("train/loss", l_value), ("train/acc", 0.3), ("lr", r_value))]
+    frame = pd.concat([pd.DataFrame(rows, columns=["run_id", "key", "step", "value"]), history("constant", flat(1.0))])
+    table = convergence(frame).set_index("run_id")
+    by_steps = abs(loss[-2:].mean() - loss[-4:-2].mean()) / loss[-4:-2].mean()
+    assert by_steps < CONVERGED_CHANGE  # what the steps alone would have said
+    last, before = spent > 0.9 * spent[-1], (spent > 0.8 * spent[-1]) & (spent <= 0.9 * spent[-1])
+    expected = (loss[before].mean() - loss[last].mean()) / loss[before].mean()
+    assert table.loc["annealed", "loss_change"] == pytest.approx(expected) and expected > CONVERGED_CHANGE
+    assert not table.loc["annealed", "converged"]
+    assert table.loc["annealed", "final_train_loss"] == pytest.approx(loss[-2:].mean())  # the quantity: last 10% of steps
+    assert table.loc["constant", "converged"]
+
+
 def depth_study(losses: dict, **runs_overrides):
     """Runs named <arch><depth>s<seed> with the given final loss levels (flat: converged)."""
     rows, histories = [], []
