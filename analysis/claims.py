@@ -127,7 +127,8 @@ class Claim:
     the extreme of that column among the runs) or a constant. relation ">": a exceeds b;
     "<=": a is not above b by more than `margin` (a fraction of b's value; 0: not at all).
     `trained`: the quantity depends on how far training got, so the verdict needs converged
-    runs. The claims themselves: analysis.studies."""
+    runs (and, for an invariance score, nets above chance); False for what is measured before
+    training or decided by the architecture. The claims themselves: analysis.studies."""
     statement: str
     quantity: str
     a: object
@@ -150,6 +151,30 @@ HOLDS, DOES_NOT_HOLD, INCONCLUSIVE, TOO_SHORT = "holds", "does not hold", "incon
 ONE_RUN, NO_RUN = "inconclusive (one run per arm)", "inconclusive (no usable run in an arm)"
 
 
+CHANCE_ERRORS = 2  # a net is at chance when its accuracy on the scored sample is within this many
+# binomial standard errors of chance (1 / classes) for the sample's size, or below it
+
+
+def at_chance(frame: pd.DataFrame, history: pd.DataFrame) -> pd.Series:
+    """Per run (frame's rows): whether its accuracy on the invariance probes' test sample (the
+    unshifted point of shift/acc_dx) is at chance, by CHANCE_ERRORS. False where the run does
+    not say how many classes it had or how it scored (nothing to judge by)."""
+    def number(column):
+        return pd.to_numeric(frame.get(column, pd.Series(math.nan, index=frame.index)), errors="coerce")
+
+    shift = history[history["key"] == contract.SHIFT_ACC_DX]
+    unshifted = shift.merge(pd.DataFrame({"run_id": frame["run_id"], "step": number("param.probes.shift.max")}),
+                            on=["run_id", "step"])
+    accuracy = frame["run_id"].map(unshifted.drop_duplicates("run_id").set_index("run_id")["value"])
+    images = number("param.probes.shift.images")
+    chance = 1 / number(f"tag.{contract.CLASSES}")
+    margin = CHANCE_ERRORS * np.sqrt(chance * (1 - chance) / images)
+    return (accuracy <= chance + margin).fillna(False).astype(bool)
+
+
+INVARIANCE_QUANTITIES = ("shift consistency", *[f"{f} consistency" for f in contract.INVARIANCE_FAMILIES])
+
+
 def measures(history: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame, flow: pd.DataFrame | None = None
              ) -> pd.DataFrame:
     """One row per run: its axes and labels, whether it is usable (finished, not diverged) and
@@ -166,6 +191,7 @@ def measures(history: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame, fl
     frame["shift consistency"] = metric(f"test/{contract.SHIFT_CONSISTENCY}")
     for family in contract.INVARIANCE_FAMILIES:
         frame[f"{family} consistency"] = metric(f"test/{family}_{contract.CONSISTENCY}")
+    frame["at_chance"] = at_chance(frame, history)
     variation = history[history["key"] == contract.LANDSCAPE_LOSS_VARIATION].groupby("run_id")["value"].mean()
     frame["loss variation"] = frame["run_id"].map(variation)
     if flow is None:
@@ -275,9 +301,13 @@ def _arm(side, runs: pd.DataFrame):
 
 
 def _counts(runs: pd.DataFrame, claim: Claim) -> pd.Series:
-    """Which runs a claim may use: finished and not diverged, or, for a quantity measured before
-    training (the gradient at step 0), any run that logged it."""
-    return runs["usable"] if claim.trained else pd.Series(True, index=runs.index)
+    """Which runs a claim may use: finished and not diverged, and for an invariance score, above
+    chance (a net that predicts one class is perfectly invariant); for a quantity measured before
+    training (the gradient at step 0) or one the architecture decides (exact invariance), any
+    run that logged it."""
+    if not claim.trained:
+        return pd.Series(True, index=runs.index)
+    return runs["usable"] & ~(runs["at_chance"] & (claim.quantity in INVARIANCE_QUANTITIES))
 
 
 def _values(arm, claim: Claim) -> pd.Series:
@@ -300,7 +330,13 @@ def _describe(side, arm, values: pd.Series, labels: dict) -> str:
 
 
 def _names(runs: pd.DataFrame) -> str:
-    return ", ".join(f"{r.run_name} ({'diverged' if r.diverged else r.status.lower()})" for r in runs.itertuples())
+    return ", ".join(f"{r.run_name} ({_state(r)})" for r in runs.itertuples())
+
+
+def _state(run) -> str:
+    if run.diverged:
+        return "diverged"
+    return "at chance" if getattr(run, "at_chance", False) and run.status == "FINISHED" else run.status.lower()
 
 
 RULE = (f"Each claim compares two arms in one measured quantity: an arm's value is the mean over its runs "
@@ -315,8 +351,10 @@ RULE = (f"Each claim compares two arms in one measured quantity: an arm's value 
         f"has not converged: its training loss changed by {CONVERGED_CHANGE:.0%} or more between the last "
         f"{FINAL_WINDOW:.0%} of its training and the {FINAL_WINDOW:.0%} before, training counted in learning rate "
         "spent (the lr summed over steps), so that a schedule annealing the lr to 0 cannot flatten it. Claims "
-        "about the initialisation "
-        "need no convergence, and count a run that diverged later: its step-0 value was measured before.")
+        "about the initialisation need no convergence, and count a run that diverged later: its step-0 value was "
+        f"measured before. An invariance score counts only from a net above chance: a run whose accuracy on the scored "
+        f"sample is within {CHANCE_ERRORS} binomial standard errors of chance (1 / classes) is left out, named "
+        "(at chance): a net that predicts one class is perfectly invariant.")
 
 
 def claims_markdown(table: pd.DataFrame) -> list:

@@ -26,6 +26,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from harness import contract
 from harness.jobs import mps
 from harness.training.augment import Augment
 from harness.training.batches import Normalise, TrainBatches
@@ -191,7 +192,7 @@ def _run_job(cfg, job: JobInfo) -> Ended:
                 raise
             run = _open_run(client, experiment_id, cfg, job, parent)
             run.set_tags({"device": device_name(setup.device), **setup.compute.describe(),
-                          "num_parameters": count_parameters(setup.model),
+                          "num_parameters": count_parameters(setup.model), contract.CLASSES: setup.splits.num_classes,
                           **({"resumed_with_changed_config": job.changed} if job.changed else {})})
             _log_tables(run, setup.probes)
             run.metrics.add(0, {f"perf/startup_{phase}": seconds for phase, seconds in startup.items()})

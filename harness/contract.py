@@ -56,6 +56,7 @@ LANDSCAPE_LOSS_VARIATION = "landscape/loss_variation"
 LANDSCAPE_GRAD_PREDICTIVENESS = "landscape/grad_predictiveness"
 
 HEADLINE = (TRAIN_LOSS, VAL_ACC, TEST_ACC, f"test/{SHIFT_CONSISTENCY}")  # what a reader looks for first
+CLASSES = "classes"  # tag: how many classes the job's dataset has (chance accuracy is 1 / classes)
 
 
 

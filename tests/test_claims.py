@@ -184,3 +184,26 @@ def test_a_claim_about_the_initialisation_counts_a_run_that_diverged_later():
                      swept(runs), STUDIES).set_index("claim")
     reach = "Residual connections let the gradient reach the first layers"
     assert table.loc[reach, "verdict"] == HOLDS and "(n=2)" in table.loc[reach, "b"]
+
+
+def test_an_invariance_score_of_a_net_at_chance_is_no_evidence():
+    """A constant classifier on a stratified sample of 10 classes scores accuracy 0.1 and shift
+    consistency 1.0: it is left out of the invariance claims, named. Chance + 2 standard errors
+    on 500 images is 0.1 + 2 sqrt(0.09 / 500) = 0.127."""
+    names = {"constant": (0.1, 1.0), "barely": (0.126, 0.95), "learnt": (0.128, 0.7), "learnt2": (0.6, 0.72)}
+    rows, points = [], []
+    for seed, (name, (accuracy, consistency)) in enumerate(names.items()):
+        rows.append({"run_id": name, "run_name": name, "status": "FINISHED", "diverged": False, "job_num": seed,
+                     "param.model.depth": 20, "param.model.residual": True, "param.model.batchnorm": True,
+                     "param.trainer.seed": seed, "tag.choice.augment": "none", "tag.classes": "10",
+                     "param.probes.shift.max": 2, "param.probes.shift.images": 500,
+                     "metric.test/acc": accuracy, "metric.test/shift_consistency": consistency})
+        points.append(pd.DataFrame([(name, "shift/acc_dx", dx, accuracy) for dx in range(5)],
+                                   columns=["run_id", "key", "step", "value"]))
+        points.append(history(name, flat(1.0)))
+    runs = pd.DataFrame(rows)
+    measured = measures(pd.concat(points), runs, EMPTY_LAYERS)
+    assert list(measured.set_index("run_id")["at_chance"]) == [True, True, False, False]
+    table = verdicts(measured, swept(runs), STUDIES).set_index("claim")
+    row = table.loc['Trained CNNs are only "sort of" shift-invariant']
+    assert row["b"].endswith("(n=2)") and row["why"].endswith("left out: constant (at chance), barely (at chance)")

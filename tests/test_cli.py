@@ -55,7 +55,7 @@ def test_depth_sweep_logs_one_parent_and_its_jobs(runs_dir):
     for num, run in enumerate(jobs):
         params, tags = run.data.params, run.data.tags
         assert run.info.status == "FINISHED"
-        assert tags["choice.data"] == "synthetic" and tags["choice.optim"] == "momentum"
+        assert tags["choice.data"] == "synthetic" and tags["choice.optim"] == "momentum" and tags["classes"] == "8"
         assert params["optim._target_"] == "torch.optim.SGD" and params["optim.momentum"] == "0.9"
         assert tags["sweep_id"] == parent.data.tags["sweep_id"] and tags["job_num"] == str(num)
         assert f"model.depth={params['model.depth']}" in tags["overrides"]
