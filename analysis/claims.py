@@ -218,7 +218,7 @@ def verdicts(measured: pd.DataFrame, swept: list, studies: list) -> pd.DataFrame
             if judged is not None:
                 where = ", ".join(f"{axis}={value}" for axis, value in zip(context, values))
                 rows.append({"study": study.name, "claim": claim.statement, "where": where,
-                             "quantity": claim.quantity, **judged})
+                             "quantity": QUANTITIES[claim.quantity], **judged})
     return pd.DataFrame(rows)
 
 
@@ -365,7 +365,7 @@ def claims_markdown(table: pd.DataFrame) -> list:
                   "| verdict | why |", "|---|---|---|---|---|---|---|---|"]
         for r in rows.itertuples():
             where = f" ({r.where})" if r.where else ""
-            lines.append(f"| {r.claim}{where} | {QUANTITIES[r.quantity]} | {r.a} | {r.relation} | {r.b} | "
+            lines.append(f"| {r.claim}{where} | {r.quantity} | {r.a} | {r.relation} | {r.b} | "
                          f"{interval_text(r._asdict())} | **{r.verdict}** | {r.why} |")
         lines.append("")
     return lines

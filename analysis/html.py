@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.claims import QUANTITIES, interval_text
+from analysis.claims import interval_text
 from analysis.intervals import CONFIDENCE
 
 STYLE = """
@@ -37,7 +37,7 @@ def write_html(path: Path, title: str, intro: str, folder: Path, drawn: dict, sk
             parts.append(f"<h3>{_e(study)}</h3>")
             parts.append(_table(["claim", "measured", "arm A", "", "arm B", f"A - B, {CONFIDENCE:.0%} interval",
                                  "verdict", "why"], [
-                [r.claim + (f" ({r.where})" if r.where else ""), QUANTITIES[r.quantity], r.a, r.relation, r.b,
+                [r.claim + (f" ({r.where})" if r.where else ""), r.quantity, r.a, r.relation, r.b,
                  interval_text(r._asdict()), f"<span class='{r.verdict.split(' (')[0].replace(' ', '-')}'>"
                  f"{_e(r.verdict)}</span>", r.why]
                 for r in rows.itertuples()], raw_column=6))

@@ -50,7 +50,8 @@ STUDIES = [
     Study("Gradient flow at initialisation", "vanishing", (
         Claim("Without BatchNorm, the gradient vanishes toward the input of a deep plain net",
               "first/last layer gradient ratio", VANISHING, ">", {**PLAIN, "depth": "max", **NO_BN}, trained=False),
-        Claim("With BatchNorm, it explodes instead", "first/last layer gradient ratio",
+        Claim("With BatchNorm, the gradient explodes toward the input of a deep plain net instead",
+              "first/last layer gradient ratio",
               {**PLAIN, "depth": "max", **BN}, ">", EXPLODING, trained=False),
         Claim("Residual connections let the gradient reach the first layers", "|log10 gradient ratio|",
               {**PLAIN, "depth": "max"}, ">", {**RESIDUAL, "depth": "max"}, trained=False),

@@ -135,7 +135,7 @@ def test_a_claim_against_a_constant_takes_the_one_sample_interval():
     flow = pd.DataFrame({"run_id": names, "ratio_start": ratios})
     table = verdicts(measures(pd.concat([history(n, flat(1.0)) for n in names]), runs, EMPTY_LAYERS, flow),
                      swept(runs), STUDIES).set_index("claim")
-    explodes = table.loc["With BatchNorm, it explodes instead"]
+    explodes = table.loc["With BatchNorm, the gradient explodes toward the input of a deep plain net instead"]
     expected = stats.ttest_1samp(ratios, 10.0).confidence_interval(0.95)
     assert explodes["verdict"] == DOES_NOT_HOLD
     assert (explodes["low"], explodes["high"]) == (pytest.approx(expected.low - 10), pytest.approx(expected.high - 10))
@@ -207,3 +207,23 @@ def test_an_invariance_score_of_a_net_at_chance_is_no_evidence():
     table = verdicts(measured, swept(runs), STUDIES).set_index("claim")
     row = table.loc['Trained CNNs are only "sort of" shift-invariant']
     assert row["b"].endswith("(n=2)") and row["why"].endswith("left out: constant (at chance), barely (at chance)")
+
+
+def test_the_caption_and_the_claims_table_read_the_same_quantity():
+    """Plain-20's last logged loss is below plain-8's, its mean over the last 10% of steps
+    above: the caption of figure 1 and the claims table must tell the same order."""
+    from analysis.figures.curves import training_curves
+
+    levels = {"p8s0": [1.0] * 18 + [1.00, 1.00], "p8s1": [1.0] * 18 + [1.02, 1.02],
+              "p20s0": [1.3] * 18 + [1.30, 0.90], "p20s1": [1.3] * 18 + [1.32, 0.92]}
+    verdict, table = depth_study(levels)
+    window = {name: np.mean(loss[-2:]) for name, loss in levels.items()}  # steps 190 and 200 of 200
+    ratio = (window["p20s0"] + window["p20s1"]) / (window["p8s0"] + window["p8s1"])
+    assert ratio > 1 and levels["p20s0"][-1] < levels["p8s0"][-1]  # the two readings disagree in order
+    mean8, mean20 = np.mean([window["p8s0"], window["p8s1"]]), np.mean([window["p20s0"], window["p20s1"]])
+    assert table.loc[PLAIN_DEGRADES, "a"].startswith(f"plain, depth=20: {mean20:.3g} ±")
+    assert table.loc[PLAIN_DEGRADES, "b"].startswith(f"plain, depth=8: {mean8:.3g} ±")
+    rows = [run(name, int(name[1:].split("s")[0]), False, int(name[-1])) for name in levels]
+    histories = pd.concat([history(name, loss) for name, loss in levels.items()])
+    figure, finding = training_curves(histories, pd.DataFrame(rows), EMPTY_LAYERS)
+    assert f"depth 20's mean training loss over the last 10% of steps is {ratio:#.3g}x depth 8's" in finding

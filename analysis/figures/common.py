@@ -82,21 +82,21 @@ def from_zero(ax, top=None):
     ax.set_ylim(0, top if top is not None else ax.get_ylim()[1])
 
 
-def final(data: pd.DataFrame) -> pd.DataFrame:
-    """Each run's last point."""
-    return data.sort_values("step").groupby("run_id").tail(1)
-
-
 def ratio_sentence(finals: pd.DataFrame, group: str, what: str) -> str:
-    """`plain: depth 56 ends with 2.3x the training loss of depth 20` for each group, from
-    each run's final value (mean over seeds)."""
+    """`plain: depth 56's training loss is 2.30x depth 20's` for each group, from each run's
+    value (mean over seeds); `what` names the value as the claims table does."""
     sentences = []
     for name, rows in finals.groupby(group, sort=True):
         means = rows.groupby("depth")["value"].mean()
         if len(means) > 1 and means.iloc[0] > 0:
-            sentences.append(f"{name}: depth {means.index[-1]} ends with {means.iloc[-1] / means.iloc[0]:.3g}x "
-                             f"the {what} of depth {means.index[0]}")
+            sentences.append(f"{name}: depth {means.index[-1]}'s {what} is {sig(means.iloc[-1] / means.iloc[0])}x "
+                             f"depth {means.index[0]}'s")
     return "; ".join(sentences) + "." if sentences else ""
+
+
+def sig(x: float) -> str:
+    """x to 3 significant figures, trailing zeros kept: 1.00, 0.0805, 12.5."""
+    return f"{x:#.3g}".rstrip(".")
 
 
 def label_bars(ax):

@@ -5,8 +5,9 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 
 from analysis import frames
-from analysis.figures.common import (by_variant_and_depth, final, finish, from_zero, label_bars, need,
-                                     need_model_axis, ratio_sentence, variant_column)
+from analysis.claims import QUANTITIES, convergence
+from analysis.figures.common import (by_variant_and_depth, finish, from_zero, label_bars, need, need_model_axis,
+                                     ratio_sentence, sig, variant_column)
 
 
 def training_curves(history, runs, layers):
@@ -29,8 +30,10 @@ def training_curves(history, runs, layers):
             ax.set_ylabel("validation error (fraction)")
             from_zero(ax, 1)
     grid.legend.set_title("depth (layers)")
-    finals = final(data[data["metric"] == "training loss"]).assign(depth=lambda f: f["depth"].astype(int))
-    finding = ratio_sentence(finals, "variant", "training loss")
+    window = convergence(history).set_index("run_id")["final_train_loss"]  # the claims table's quantity
+    finals = (data[data["metric"] == "training loss"].drop_duplicates("run_id")
+              .assign(depth=lambda f: f["depth"].astype(int), value=lambda f: f["run_id"].map(window)))
+    finding = ratio_sentence(finals, "variant", QUANTITIES["final training loss"])
     return finish(grid, "Training loss and validation error by depth (He et al. 2016, Fig. 6)"), finding
 
 
@@ -66,9 +69,11 @@ def optimizers(history, runs, layers):
     ax.set(yscale="log", xlabel="training step", ylabel="training cross-entropy loss (log scale)")
     ax.set_xlim(left=0)
     ax.legend(title="optimizer (band: ±1 sd across seeds)" if "seed" in frames.swept(runs) else "optimizer")
-    ends = final(data).groupby("optimizer")["value"].mean().sort_values()
-    finding = (f"Lowest final training loss: {ends.index[0]} ({ends.iloc[0]:.3g}); highest: {ends.index[-1]} "
-               f"({ends.iloc[-1]:.3g}).") if len(ends) > 1 else ""
+    window = convergence(history).set_index("run_id")["final_train_loss"]  # the claims table's quantity
+    ends = (data.drop_duplicates("run_id").assign(value=lambda f: f["run_id"].map(window))
+            .groupby("optimizer")["value"].mean().sort_values())
+    finding = (f"Lowest {QUANTITIES['final training loss']}: {ends.index[0]} ({sig(ends.iloc[0])}); highest: "
+               f"{ends.index[-1]} ({sig(ends.iloc[-1])}).") if len(ends) > 1 else ""
     return finish(fig, "Training loss by optimiser, each at its own default learning rate"), finding
 
 
@@ -89,7 +94,7 @@ def landscape(history, runs, layers):
         ax.set_ylabel("range of loss along -gradient" if metric == "loss variation" else "max ||g - g'|| along -gradient")
     grid.set_titles("{col_name}")
     variation = data[data["metric"] == "loss variation"].groupby("batchnorm")["value"].mean()
-    finding = (f"Mean loss variation without BatchNorm is {variation[False] / variation[True]:.2g}x "
+    finding = (f"Mean loss variation without BatchNorm is {sig(variation[False] / variation[True])}x "
                "that with it.") if {False, True} <= set(variation.index) else ""
     return finish(grid, "Loss-landscape smoothness, BatchNorm on vs off (Santurkar et al. 2018)"), finding
 
@@ -109,6 +114,6 @@ def regularisation(history, runs, layers):
     grid.set_axis_labels("dropout probability before the classifier", "training - test accuracy")
     grid.legend.set_title("weight decay")
     gaps = data.groupby("dropout")["generalisation gap"].mean()
-    finding = (f"Mean gap {gaps.iloc[0]:.3f} at dropout {gaps.index[0]:g}, {gaps.iloc[-1]:.3f} at "
+    finding = (f"Mean gap {sig(gaps.iloc[0])} at dropout {gaps.index[0]:g}, {sig(gaps.iloc[-1])} at "
                f"{gaps.index[-1]:g}.") if len(gaps) > 1 else ""
     return finish(grid, "Generalisation gap by dropout and weight decay"), finding

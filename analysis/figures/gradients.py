@@ -6,7 +6,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from analysis import frames
-from analysis.figures.common import by_variant_and_depth, finish, need, need_model_axis, ratio_sentence, run_title
+from analysis.figures.common import by_variant_and_depth, finish, need, need_model_axis, ratio_sentence, run_title, sig
 
 HEATMAP_RUNS = 4
 
@@ -40,7 +40,7 @@ def grad_vs_layer(history, runs, layers):
         lambda run: run.loc[run["position"].idxmin(), "value"] / run.loc[run["position"].idxmax(), "value"],
         include_groups=False).groupby("variant").median()
     finding = "At initialisation, depth " + depths[-1] + ": the first conv layer's gradient is " + "; ".join(
-        f"{ratio:.2g}x the last conv layer's in {variant}" for variant, ratio in ratios.items()) + "." if len(ratios) else ""
+        f"{sig(ratio)}x the last conv layer's in {variant}" for variant, ratio in ratios.items()) + "." if len(ratios) else ""
     return finish(grid, "Gradient norm per layer: does the gradient reach the first layers?"), finding
 
 
@@ -64,7 +64,8 @@ def grad_heatmap(history, runs, layers):
         ax.set_title(run_title(labelled.loc[run_id], axes), fontsize=9)
         ax.set_xlabel("training step")
         ax.set_ylabel("conv layer (input = 1, at the top)" if ax is axs[0][0] else "")
-    finding = f"Colour scale shared by the panels: 10^{low:.1f} to 10^{high:.1f}; the classifier is left out."
+    finding = (f"Colour scale shared by the panels: gradient norms from {sig(10 ** low)} to {sig(10 ** high)}; "
+               "the classifier is left out.")
     return finish(fig, f"Gradient norm per conv layer over training (first {len(tables)} runs)"), finding
 
 
@@ -83,5 +84,5 @@ def first_layer_gradient(history, runs, layers):
     ax.set(yscale="log", xlabel="depth (layers)", ylabel="gradient L2 norm of the first conv layer (log scale)")
     ax.set_xticks(sorted(data["depth"].unique()))
     ax.legend(title="")
-    finding = ratio_sentence(data, "arm", "first-layer gradient").replace("ends with", "starts with")
+    finding = ratio_sentence(data, "arm", "first-layer gradient norm at initialisation")
     return finish(fig, "Gradient at the first layer at initialisation, by depth"), finding

@@ -6,7 +6,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from analysis import frames
-from analysis.figures.common import finish, label_bars, need
+from analysis.figures.common import finish, label_bars, need, sig
 
 
 def shift_invariance(history, runs, layers):
@@ -25,8 +25,8 @@ def shift_invariance(history, runs, layers):
     right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.legend(title="training augmentation")
     consistency = scores[scores["score"] == "consistency"].groupby("augment")["value"].mean().sort_values()
-    finding = (f"Shift consistency from {consistency.iloc[0]:.3f} ({consistency.index[0]}) to "
-               f"{consistency.iloc[-1]:.3f} ({consistency.index[-1]}).") if len(consistency) > 1 else ""
+    finding = (f"Shift consistency from {sig(consistency.iloc[0])} ({consistency.index[0]}) to "
+               f"{sig(consistency.iloc[-1])} ({consistency.index[-1]}).") if len(consistency) > 1 else ""
     return finish(fig, "Shift invariance by training augmentation (test set)", placed=(left,)), finding
 
 
@@ -46,8 +46,8 @@ def downsampling(history, runs, layers):
     ax.set(xlabel="downsampling", ylabel="shift consistency (probability, test set)", ylim=(0, 1.05))
     ax.legend(title="padding")
     means = data.groupby(["downsample", "padding"])["consistency"].mean().sort_values()
-    finding = (f"Least shift-consistent: {' with '.join(means.index[0])} padding ({means.iloc[0]:.3f}); most: "
-               f"{' with '.join(means.index[-1])} padding ({means.iloc[-1]:.3f}).") if len(means) > 1 else ""
+    finding = (f"Least shift-consistent: {' with '.join(means.index[0])} padding ({sig(means.iloc[0])}); most: "
+               f"{' with '.join(means.index[-1])} padding ({sig(means.iloc[-1])}).") if len(means) > 1 else ""
     return finish(fig, "Shift consistency by downsampling and padding (Zhang 2019)"), finding
 
 
@@ -70,5 +70,5 @@ def invariance(history, runs, layers):
         right.set(xlabel="rotation (degrees)", ylabel="test accuracy", ylim=(0, 1))
     untrained = scores[scores["augment"] == "none"].groupby("family")["consistency"].mean().sort_values()
     finding = (f"Without augmentation the least invariant family is {untrained.index[0]} "
-               f"(consistency {untrained.iloc[0]:.3f}).") if len(untrained) else ""
+               f"(consistency {sig(untrained.iloc[0])}).") if len(untrained) else ""
     return finish(fig, "Invariance beyond shifts by training augmentation", placed=(left,)), finding
