@@ -25,7 +25,7 @@ def analysis(*args):
 def depth_bn_store(tmp_path_factory):
     """A 2 x 2 sweep over depth and BatchNorm with the landscape probe on, via the study preset."""
     runs_dir = tmp_path_factory.mktemp("store") / "runs"
-    result = run_cli("-m", "+experiment=batchnorm", "model.depth=8,14", "model.residual=true",
+    result = run_cli("-m", "+experiment=batchnorm", "model.depth=8,14", "model.residual=true", "trainer.seed=0",
                      "probes.landscape.every=4", *FAST, runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr
     return f"sqlite:///{runs_dir}/mlflow.db", runs_dir

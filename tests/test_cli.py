@@ -176,15 +176,18 @@ def test_two_sweeps_started_together_get_separate_folders():
 
 
 @pytest.mark.parametrize("preset, axes", [
-    ("depth_residual", {"model.depth": "8,20,56", "model.residual": "true,false"}),
-    ("batchnorm", {"model.batchnorm": "true,false", "model.residual": "true,false"}),
-    ("vanishing", {"model.depth": "8,20,56", "model.residual": "true,false", "model.batchnorm": "true,false"}),
-    ("optimizers", {"optim": "sgd,momentum,rmsprop,adam"}),
-    ("augmentation", {"augment": "none,flip,crop,crop_flip"}),
+    ("depth_residual", {"model.depth": "8,20,56", "model.residual": "true,false", "trainer.seed": "0,1,2"}),
+    ("batchnorm", {"model.batchnorm": "true,false", "model.residual": "true,false", "trainer.seed": "0,1,2"}),
+    ("vanishing", {"model.depth": "8,20,56", "model.residual": "true,false", "model.batchnorm": "true,false",
+                   "trainer.seed": "0,1,2"}),
+    ("optimizers", {"optim": "sgd,momentum,rmsprop,adam", "trainer.seed": "0,1,2"}),
+    ("augmentation", {"augment": "none,flip,crop,crop_flip", "trainer.seed": "0,1,2"}),
     ("[optimizers,seeds]", {"optim": "sgd,momentum,rmsprop,adam", "trainer.seed": "0,1,2"}),
-    ("downsampling", {"model.downsample": "stride,maxpool,avgpool,blurpool", "model.padding": "zeros,circular"}),
-    ("invariance", {"augment": "none,crop_flip,jitter,geometric"}),
-    ("regularisation", {"model.dropout": "0,0.3", "optim.weight_decay": "0,5e-4", "augment": "crop_flip,jitter"}),
+    ("downsampling", {"model.downsample": "stride,maxpool,avgpool,blurpool", "model.padding": "zeros,circular",
+                      "trainer.seed": "0,1,2"}),
+    ("invariance", {"augment": "none,crop_flip,jitter,geometric", "trainer.seed": "0,1,2"}),
+    ("regularisation", {"model.dropout": "0,0.3", "optim.weight_decay": "0,5e-4", "augment": "crop_flip,jitter",
+                        "trainer.seed": "0,1,2"}),
 ])
 def test_study_presets_compose_into_their_sweeps(preset, axes):
     output = run_module("harness", "--cfg", "all", f"+experiment={preset}", "trainer=quick", timeout=60)
