@@ -23,7 +23,8 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from analysis import studies as all_studies
-from analysis.claims import RULE, claims_markdown, gradient_flow, gradient_flow_markdown, measures, verdicts
+from analysis.claims import (RULE, at_chance, claims_markdown, gradient_flow, gradient_flow_markdown, measures,
+                             verdicts)
 from analysis.figures import DPI, FIGURES, Skip
 from analysis.frames import finished, grad_by_layer, summary, swept
 from analysis.html import write_html
@@ -74,7 +75,8 @@ def write_report(client, uri, selection, out_dir: Path, ui_url: str) -> dict:
     try:
         with _swapped_in(out_dir) as build:
             drawn, skipped = _draw_figures(_figures_of(studies), history, runs, layers, build)
-            table = summary(runs)
+            chance = at_chance(runs, history).map({True: "yes", False: ""})  # see claims.CHANCE_ERRORS
+            table = summary(runs).assign(**{"at chance": chance.to_numpy()})
             table.to_csv(build / "summary.csv", index=False)
             flow = gradient_flow(grad_by_layer(history, runs, layers))
             claims = verdicts(measures(history, runs, layers, flow), swept(runs), studies)
@@ -182,8 +184,9 @@ def _index(selection, intro: str, drawn: dict, skipped: dict, table: pd.DataFram
     if not flow.empty:
         lines += gradient_flow_markdown(flow)
     lines += ["## Summary", "", _markdown_table(table.drop(columns="run_id")), "",
-              "Losses are cross-entropy; accuracies and shift scores are fractions. "
-              "Full precision in `summary.csv`.", ""]
+              "Losses are cross-entropy; accuracies and shift scores are fractions. A run at chance on the "
+              "invariance probes' sample has invariance scores that say nothing (a net that predicts one class is "
+              "perfectly invariant); the claims leave it out. Full precision in `summary.csv`.", ""]
     return "\n".join(lines)
 
 
