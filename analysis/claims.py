@@ -99,10 +99,11 @@ def convergence(history: pd.DataFrame) -> pd.DataFrame:
         spent = training_spent(loss["step"], run[run["key"] == contract.LR])
         last = spent > spent.max() * (1 - FINAL_WINDOW)
         before = (spent > spent.max() * (1 - 2 * FINAL_WINDOW)) & ~last
-        final, previous = loss.loc[last, "value"].mean(), loss.loc[before, "value"].mean()
-        change = abs(previous - final) / previous if before.any() and previous > 0 else math.nan
-        rows.append({"run_id": run_id, "final_train_loss": loss.loc[loss["step"] > end * (1 - FINAL_WINDOW), "value"].mean(),
-                     "loss_change": change, "converged": bool(change < CONVERGED_CHANGE),
+        latest, previous = loss.loc[last, "value"].mean(), loss.loc[before, "value"].mean()
+        change = abs(previous - latest) / previous if before.any() and previous > 0 else math.nan
+        final = loss.loc[loss["step"] > end * (1 - FINAL_WINDOW), "value"].mean()  # the quantity: by steps
+        rows.append({"run_id": run_id, "final_train_loss": final, "loss_change": change,
+                     "converged": bool(change < CONVERGED_CHANGE),
                      "final_train_acc": acc.loc[acc["step"] > end * (1 - FINAL_WINDOW), "value"].mean()})
     return pd.DataFrame(rows, columns=["run_id", "final_train_loss", "loss_change", "converged", "final_train_acc"])
 
@@ -262,7 +263,7 @@ def _judge(claim: Claim, runs: pd.DataFrame):
         return {**result, "difference": point, "margin": margin, "verdict": ONE_RUN,
                 "why": f"the single runs' difference {_sig(point)} is {side}, with no spread to judge it by: "
                        f"sweep trainer.seed{left_out}"}
-    measured = {"difference": interval.difference, "low": interval.low, "high": interval.high, "margin": margin}
+    numbers = {"difference": interval.difference, "low": interval.low, "high": interval.high, "margin": margin}
     if _claimed(interval.low, interval.high, claim.relation, margin):
         verdict, why = HOLDS, f"the {intervals.CONFIDENCE:.0%} interval lies on the claimed side"
     elif _claimed(interval.low, interval.high, _OTHER[claim.relation], margin):
@@ -271,7 +272,7 @@ def _judge(claim: Claim, runs: pd.DataFrame):
         verdict, why = INCONCLUSIVE, (f"the {intervals.CONFIDENCE:.0%} interval reaches both sides of {_sig(margin)}: "
                                       f"at this spread, n={interval.n_a or '-'}/{interval.n_b or '-'} tells only a "
                                       f"difference beyond {_sig(interval.half_width)}")
-    return {**result, **measured, "verdict": verdict, "why": why + left_out}
+    return {**result, **numbers, "verdict": verdict, "why": why + left_out}
 
 
 _OTHER = {">": "<=", "<=": ">"}
