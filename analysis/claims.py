@@ -55,24 +55,24 @@ def gradient_flow(layers: pd.DataFrame) -> pd.DataFrame:
 
 
 def gradient_flow_markdown(table: pd.DataFrame) -> list:
-    """The report's section: the rule, then one sentence per arm (its runs' median ratios), in
+    """The report's section: the rule, then one sentence per arm (its runs' mean ratios), in
     depth order; a run that diverged, or whose gradient overflowed, says so."""
     lines = ["## Gradient flow", "",
              f"Ratio of the first conv layer's gradient norm to the last conv layer's, at initialisation "
-             f"(step 0) and at the last step where every gradient norm was finite (the median over an "
-             f"arm's runs): above {EXPLODING:g} the gradient grows toward the input (exploding), below "
-             f"{VANISHING:g} it shrinks (vanishing), otherwise neither. The ratio compares layers within "
-             "a net: a net whose gradients are large everywhere reads neither.", ""]
+             f"(step 0) and at the last step where every gradient norm was finite (the mean over an "
+             f"arm's runs, as the claims table takes it): above {EXPLODING:g} the gradient grows toward the "
+             f"input (exploding), below {VANISHING:g} it shrinks (vanishing), otherwise neither. The ratio "
+             "compares layers within a net: a net whose gradients are large everywhere reads neither.", ""]
     first, *others = frames.label_columns(table) or ["net"]
     for _, arm in table.groupby([*others, first, "depth"], sort=True, dropna=False):
-        start, end = arm["ratio_start"].median(), arm["ratio_end"].median()
+        start, end = arm["ratio_start"].mean(), arm["ratio_end"].mean()
         troubles = [f"{int(s)}" for s in arm["nonfinite_step"].dropna()]
         broke = (f"; a gradient norm stopped being finite at step {', '.join(troubles)}" if troubles else "")
         broke += f"; {arm['diverged'].sum()} of its runs diverged" if arm["diverged"].any() else ""
         runs = f"{len(arm)} run{'s' if len(arm) > 1 else ''}"
         kind = "".join(f"{arm[c].iloc[0]}, " for c in others)
         lines.append(f"- {arm['net'].iloc[0]} ({kind}{runs}): "
-                     f"{start:.3g} at step 0 ({flow(start)}), {end:.3g} at step {int(arm['end_step'].median())} "
+                     f"{_sig(start)} at step 0 ({flow(start)}), {_sig(end)} at step {int(arm['end_step'].median())} "
                      f"({flow(end)}){broke}; `{arm['first_layer'].iloc[0]}` against `{arm['last_layer'].iloc[0]}`.")
     return lines + [""]
 

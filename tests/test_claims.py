@@ -207,6 +207,9 @@ def test_an_invariance_score_of_a_net_at_chance_is_no_evidence():
     table = verdicts(measured, swept(runs), STUDIES).set_index("claim")
     row = table.loc['Trained CNNs are only "sort of" shift-invariant']
     assert row["b"].endswith("(n=2)") and row["why"].endswith("left out: constant (at chance), barely (at chance)")
+    from analysis.figures.common import chance_note  # and the invariance figures' captions name them
+    assert chance_note(pd.concat(points), runs) == (" At chance on the scored sample, so their invariance scores "
+                                                    "say nothing: constant, barely.")
 
 
 def test_the_caption_and_the_claims_table_read_the_same_quantity():

@@ -9,6 +9,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from analysis import frames  # noqa: E402
+from analysis.claims import at_chance  # noqa: E402
 
 FIGSIZE = (10, 6)  # inches
 DPI = 100  # so each PNG is 1000 x 600 pixels
@@ -92,6 +93,14 @@ def ratio_sentence(finals: pd.DataFrame, group: str, what: str) -> str:
             sentences.append(f"{name}: depth {means.index[-1]}'s {what} is {sig(means.iloc[-1] / means.iloc[0])}x "
                              f"depth {means.index[0]}'s")
     return "; ".join(sentences) + "." if sentences else ""
+
+
+def chance_note(history, runs) -> str:
+    """` At chance on the scored sample, so their invariance scores say nothing: d8 s0, d8 s1.`,
+    or nothing: the runs claims.at_chance finds, named in an invariance figure's caption."""
+    names = runs.loc[at_chance(runs, history).to_numpy(), "run_name"]
+    return f" At chance on the scored sample, so their invariance scores say nothing: {', '.join(names)}." \
+        if len(names) else ""
 
 
 def sig(x: float) -> str:

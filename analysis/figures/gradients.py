@@ -38,7 +38,7 @@ def grad_vs_layer(history, runs, layers):
     deepest = at_start[(at_start["depth"] == depths[-1]) & (at_start["module"] == "Conv2d")]
     ratios = deepest.groupby(["variant", "run_id"]).apply(  # as in the report's Gradient flow section
         lambda run: run.loc[run["position"].idxmin(), "value"] / run.loc[run["position"].idxmax(), "value"],
-        include_groups=False).groupby("variant").median()
+        include_groups=False).groupby("variant").mean()
     finding = "At initialisation, depth " + depths[-1] + ": the first conv layer's gradient is " + "; ".join(
         f"{sig(ratio)}x the last conv layer's in {variant}" for variant, ratio in ratios.items()) + "." if len(ratios) else ""
     return finish(grid, "Gradient norm per layer: does the gradient reach the first layers?"), finding

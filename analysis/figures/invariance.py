@@ -6,7 +6,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from analysis import frames
-from analysis.figures.common import finish, label_bars, need, sig
+from analysis.figures.common import chance_note, finish, label_bars, need, sig
 
 
 def shift_invariance(history, runs, layers):
@@ -27,6 +27,7 @@ def shift_invariance(history, runs, layers):
     consistency = scores[scores["score"] == "consistency"].groupby("augment")["value"].mean().sort_values()
     finding = (f"Shift consistency from {sig(consistency.iloc[0])} ({consistency.index[0]}) to "
                f"{sig(consistency.iloc[-1])} ({consistency.index[-1]}).") if len(consistency) > 1 else ""
+    finding += chance_note(history, runs)
     return finish(fig, "Shift invariance by training augmentation (test set)", placed=(left,)), finding
 
 
@@ -48,6 +49,7 @@ def downsampling(history, runs, layers):
     means = data.groupby(["downsample", "padding"])["consistency"].mean().sort_values()
     finding = (f"Least shift-consistent: {' with '.join(means.index[0])} padding ({sig(means.iloc[0])}); most: "
                f"{' with '.join(means.index[-1])} padding ({sig(means.iloc[-1])}).") if len(means) > 1 else ""
+    finding += chance_note(history, runs)
     return finish(fig, "Shift consistency by downsampling and padding (Zhang 2019)"), finding
 
 
@@ -71,4 +73,5 @@ def invariance(history, runs, layers):
     untrained = scores[scores["augment"] == "none"].groupby("family")["consistency"].mean().sort_values()
     finding = (f"Without augmentation the least invariant family is {untrained.index[0]} "
                f"(consistency {sig(untrained.iloc[0])}).") if len(untrained) else ""
+    finding += chance_note(history, runs)
     return finish(fig, "Invariance beyond shifts by training augmentation", placed=(left,)), finding
