@@ -110,10 +110,15 @@ def convergence(history: pd.DataFrame) -> pd.DataFrame:
 
 def training_spent(steps: pd.Series, lr: pd.DataFrame) -> pd.Series:
     """At each logged step, the learning rate spent so far: the lr logged with each point times
-    the steps since the point before. The steps themselves where no lr was logged with every
-    point (a constant lr gives the same windows either way)."""
+    the steps since the point before. The steps themselves where the lr was constant over the
+    last 2 FINAL_WINDOW of the steps (a constant lr, the last stage of a step schedule: there
+    the two are the same, and a decay before does not enter the windows), and where no lr was
+    logged with every point."""
     rate = lr.drop_duplicates("step").set_index("step")["value"].reindex(steps.to_numpy())
     if rate.isna().any() or not (rate > 0).any():
+        return steps
+    late = rate[rate.index >= steps.max() * (1 - 2 * FINAL_WINDOW)]
+    if np.allclose(late, late.iloc[-1], rtol=1e-3, atol=0):
         return steps
     spent = (rate.to_numpy() * np.diff(steps.to_numpy(), prepend=0)).cumsum()
     return pd.Series(spent, index=steps.index)
@@ -150,6 +155,7 @@ QUANTITIES = {  # how each quantity is read, for the report
 }
 HOLDS, DOES_NOT_HOLD, INCONCLUSIVE, TOO_SHORT = "holds", "does not hold", "inconclusive", "budget too short"
 ONE_RUN, NO_RUN = "inconclusive (one run per arm)", "inconclusive (no usable run in an arm)"
+NO_SPREAD = "inconclusive (no spread across seeds)"
 
 
 CHANCE_ERRORS = 2  # a net is at chance when its accuracy on the scored sample is within this many
@@ -201,6 +207,8 @@ def measures(history: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame, fl
     frame["first/last layer gradient ratio"] = frame["run_id"].map(ratio)
     with np.errstate(divide="ignore"):
         frame["|log10 gradient ratio|"] = np.log10(frame["first/last layer gradient ratio"]).abs()
+    quantities = list(QUANTITIES)
+    frame[quantities] = frame[quantities].replace([np.inf, -np.inf], np.nan)  # 0 or inf: no number to compare
     return frame
 
 
@@ -257,12 +265,15 @@ def _judge(claim: Claim, runs: pd.DataFrame):
     sides = [v if isinstance(arm, pd.DataFrame) else float(arm) for v, arm in zip(values, arms)]
     margin = claim.margin * abs(values[1].mean()) if claim.relation == "<=" else 0.0
     interval = intervals.difference(*sides)
+    if interval is not None and claim.trained and interval.low == interval.high:
+        interval = None  # no spread in either arm: a trained quantity's seeds did not vary, not an exact answer
     if interval is None:
         point = values[0].mean() - values[1].mean()
         side = "on the claimed side" if _claimed(point, point, claim.relation, margin) else "on the other side"
-        return {**result, "difference": point, "margin": margin, "verdict": ONE_RUN,
-                "why": f"the single runs' difference {_sig(point)} is {side}, with no spread to judge it by: "
-                       f"sweep trainer.seed{left_out}"}
+        single = any(len(v) < 2 for v, arm in zip(values, arms) if isinstance(arm, pd.DataFrame))
+        return {**result, "difference": point, "margin": margin, "verdict": ONE_RUN if single else NO_SPREAD,
+                "why": f"the {'single runs' if single else 'runs'}' difference {_sig(point)} is {side}, with no "
+                       f"spread to judge it by: sweep {'trainer.seed' if single else 'more seeds'}{left_out}"}
     numbers = {"difference": interval.difference, "low": interval.low, "high": interval.high, "margin": margin}
     if _claimed(interval.low, interval.high, claim.relation, margin):
         verdict, why = HOLDS, f"the {intervals.CONFIDENCE:.0%} interval lies on the claimed side"
@@ -347,11 +358,13 @@ RULE = (f"Each claim compares two arms in one measured quantity: an arm's value 
         f"A > B; for A <= B (A is not above B), at or below the margin the claim states, a fraction of B; "
         f"**{DOES_NOT_HOLD}**: it lies wholly on the other side; **{INCONCLUSIVE}**: it reaches both, with the "
         f"smallest difference this n could have told at the spread measured (the interval's half-width); "
-        f"**{ONE_RUN}**: no spread to judge by, and the table says on which side the single runs fall; "
+        f"**{ONE_RUN}**, **{NO_SPREAD}** (a trained quantity equal in every run of both arms): no spread to "
+        f"judge by, and the table says on which side the difference falls; "
         f"**{NO_RUN}**: an arm has no usable run (finished, not diverged); **{TOO_SHORT}**: a compared run "
         f"has not converged: its training loss changed by {CONVERGED_CHANGE:.0%} or more between the last "
         f"{FINAL_WINDOW:.0%} of its training and the {FINAL_WINDOW:.0%} before, training counted in learning rate "
-        "spent (the lr summed over steps), so that a schedule annealing the lr to 0 cannot flatten it. Claims "
+        "spent (the lr summed over steps), so that a schedule annealing the lr to 0 cannot flatten it, and in steps "
+        f"where the lr was constant over the last {2 * FINAL_WINDOW:.0%} of them. Claims "
         "about the initialisation need no convergence, and count a run that diverged later: its step-0 value was "
         f"measured before. An invariance score counts only from a net above chance: a run whose accuracy on the scored "
         f"sample is within {CHANCE_ERRORS} binomial standard errors of chance (1 / classes) is left out, named "

@@ -68,6 +68,24 @@ def test_an_annealed_but_untrained_run_is_not_converged():
     assert table.loc["constant", "converged"]
 
 
+def test_the_last_stage_of_a_step_schedule_is_judged_in_steps():
+    """lr 0.1, then /10 at 50% and 75% of 200 steps; the loss drops at each decay and is flat over
+    the last quarter: converged. Counted in lr spent, the windows would straddle the first decay."""
+    steps = np.arange(10, 201, 10)
+    lr = np.where(steps <= 100, 0.1, np.where(steps <= 150, 0.01, 0.001))
+    loss = np.where(steps <= 100, 0.6, np.where(steps <= 150, 0.2, 0.15))
+    rows = [("step", key, int(step), value) for step, l_value, r_value in zip(steps, loss, lr)
+            for key, value in (("train/loss", l_value), ("train/acc", 0.9), ("lr", r_value))]
+    table = convergence(pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])).set_index("run_id")
+    assert table.loc["step", "loss_change"] == 0 and table.loc["step", "converged"]
+
+
+def test_a_trained_quantity_without_spread_is_no_exact_answer():
+    verdict, table = depth_study({**seeds("p", 20, 0.5, 0.5), **seeds("p", 56, 0.5000001, 0.5000001)})
+    assert verdict[PLAIN_DEGRADES] == "inconclusive (no spread across seeds)"
+    assert table.loc[PLAIN_DEGRADES, "why"].startswith("the runs' difference 1e-07 is on the claimed side")
+
+
 def depth_study(losses: dict, **runs_overrides):
     """Runs named <arch><depth>s<seed> with the given final loss levels (flat: converged)."""
     rows, histories = [], []
@@ -149,7 +167,7 @@ def test_one_seed_is_not_enough_and_an_unconverged_run_is_named():
     assert table.loc[PLAIN_DEGRADES, "why"].startswith(f"the single runs' difference {0.5 - 0.9:.3g} is on the other side")
     assert table.loc[RESIDUAL_HELPS, "why"].startswith(f"the single runs' difference {0.5 - 0.41:.3g} is on the claimed side")
 
-    verdict, table = depth_study({"p20s0": 0.5, "p20s1": 0.5, "p56s0": 0.9, "p56s1": 0.9,
+    verdict, table = depth_study({"p20s0": 0.5, "p20s1": 0.52, "p56s0": 0.9, "p56s1": 0.94,
                                   "r20s0": 0.4, "r20s1": 0.4, "r56s0": falling(2.0), "r56s1": 0.4})
     assert verdict[PLAIN_DEGRADES] == HOLDS  # r56s0 is not in this comparison
     assert verdict[RESIDUAL_DOES_NOT] == TOO_SHORT and verdict[RESIDUAL_HELPS] == TOO_SHORT
