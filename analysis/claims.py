@@ -162,18 +162,25 @@ CHANCE_ERRORS = 2  # a net is at chance when its accuracy on the scored sample i
 # binomial standard errors of chance (1 / classes) for the sample's size, or below it
 
 
+# where each invariance family's accuracy curve (contract.FAMILY_ACC) has the untransformed image
+IDENTITY_POINTS = tuple((f"{family}{contract.FAMILY_ACC}", point) for family, point in
+                        (("rotation", 3), ("scale", 2), ("illumination", 4)))
+
+
 def at_chance(frame: pd.DataFrame, history: pd.DataFrame) -> pd.Series:
     """Per run (frame's rows): whether its accuracy on the invariance probes' test sample (the
-    unshifted point of shift/acc_dx) is at chance, by CHANCE_ERRORS. False where the run does
-    not say how many classes it had or how it scored (nothing to judge by)."""
+    unshifted point of shift/acc_dx, else the identity point of a family's curve) is at chance,
+    by CHANCE_ERRORS. False where the run does not say how many classes it had or how it scored
+    (nothing to judge by)."""
     def number(column):
         return pd.to_numeric(frame.get(column, pd.Series(math.nan, index=frame.index)), errors="coerce")
 
-    shift = history[history["key"] == contract.SHIFT_ACC_DX]
-    unshifted = shift.merge(pd.DataFrame({"run_id": frame["run_id"], "step": number("param.probes.shift.max")}),
-                            on=["run_id", "step"])
-    accuracy = frame["run_id"].map(unshifted.drop_duplicates("run_id").set_index("run_id")["value"])
-    images = number("param.probes.shift.images")
+    accuracy = pd.Series(math.nan, index=frame.index)
+    for key, identity in ((contract.SHIFT_ACC_DX, number("param.probes.shift.max")), *IDENTITY_POINTS):
+        points = history[history["key"] == key]  # the same images untransformed, whichever probe scored them
+        at = points.merge(pd.DataFrame({"run_id": frame["run_id"], "step": identity}), on=["run_id", "step"])
+        accuracy = accuracy.fillna(frame["run_id"].map(at.drop_duplicates("run_id").set_index("run_id")["value"]))
+    images = number("param.probes.shift.images").fillna(number("param.probes.invariance.images"))
     chance = 1 / number(f"tag.{contract.CLASSES}")
     margin = CHANCE_ERRORS * np.sqrt(chance * (1 - chance) / images)
     return (accuracy <= chance + margin).fillna(False).astype(bool)

@@ -225,6 +225,12 @@ def test_an_invariance_score_of_a_net_at_chance_is_no_evidence():
     table = verdicts(measured, swept(runs), STUDIES).set_index("claim")
     row = table.loc['Trained CNNs are only "sort of" shift-invariant']
     assert row["b"].endswith("(n=2)") and row["why"].endswith("left out: constant (at chance), barely (at chance)")
+    # with the shift probe off, the identity point of another family's curve tells the same
+    rotation_only = history("r", flat(1.0)).assign(run_id="rotation")
+    rotation_only = pd.concat([rotation_only, pd.DataFrame([("rotation", "rotation/acc_at", k, 0.1 if k == 3 else 0.0)
+                                                            for k in range(7)], columns=rotation_only.columns)])
+    alone = runs.iloc[:1].assign(run_id="rotation", **{"param.probes.shift.max": 0, "param.probes.shift.images": 500})
+    assert measures(rotation_only, alone, EMPTY_LAYERS)["at_chance"].tolist() == [True]
     from analysis.figures.common import chance_note  # and the invariance figures' captions name them
     assert chance_note(pd.concat(points), runs) == (" At chance on the scored sample, so their invariance scores "
                                                     "say nothing: constant, barely.")
