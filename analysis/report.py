@@ -23,8 +23,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from analysis import studies as all_studies
-from analysis.claims import (RULE, at_chance, claims_markdown, gradient_flow, gradient_flow_markdown, measures,
-                             verdicts)
+from analysis.claims import RULE, claims_markdown, gradient_flow, gradient_flow_markdown, measures, verdicts
 from analysis.figures import DPI, FIGURES, Skip
 from analysis.frames import finished, grad_by_layer, summary, swept
 from analysis.html import write_html
@@ -75,11 +74,12 @@ def write_report(client, uri, selection, out_dir: Path, ui_url: str) -> dict:
     try:
         with _swapped_in(out_dir) as build:
             drawn, skipped = _draw_figures(_figures_of(studies), history, runs, layers, build)
-            chance = at_chance(runs, history).map({True: "yes", False: ""})  # see claims.CHANCE_ERRORS
+            flow = gradient_flow(grad_by_layer(history, runs, layers))
+            measured = measures(history, runs, layers, flow)
+            chance = runs["run_id"].map(measured.set_index("run_id")["at_chance"]).map({True: "yes", False: ""})
             table = summary(runs).assign(**{"at chance": chance.to_numpy()})
             table.to_csv(build / "summary.csv", index=False)
-            flow = gradient_flow(grad_by_layer(history, runs, layers))
-            claims = verdicts(measures(history, runs, layers, flow), swept(runs), studies)
+            claims = verdicts(measured, swept(runs), studies)
             claims.to_csv(build / "claims.csv", index=False)
             intro = _intro(selection, left_out)
             drawn_flow = flow[flow["run_id"].isin(runs.loc[finished(runs), "run_id"])] if len(flow) else flow
