@@ -109,12 +109,13 @@ def convergence(history: pd.DataFrame) -> pd.DataFrame:
 
 
 def training_spent(steps: pd.Series, lr: pd.DataFrame) -> pd.Series:
-    """At each logged step, the learning rate spent so far: the lr logged with each point times
-    the steps since the point before. The steps themselves where the lr was constant over the
-    last 2 FINAL_WINDOW of the steps (a constant lr, the last stage of a step schedule: there
-    the two are the same, and a decay before does not enter the windows), and where no lr was
-    logged with every point."""
-    rate = lr.drop_duplicates("step").set_index("step")["value"].reindex(steps.to_numpy())
+    """At each logged step, the learning rate spent so far: the lr in force at each point (the
+    last one logged at or before it) times the steps since the point before. The steps themselves
+    where the lr was constant over the last 2 FINAL_WINDOW of the steps (a constant lr, the last
+    stage of a step schedule: there the two are the same, and a decay before does not enter the
+    windows), and where no lr was logged at or before the first point."""
+    logged = lr.drop_duplicates("step").set_index("step")["value"].sort_index()
+    rate = logged.reindex(steps.to_numpy(), method="ffill")
     if rate.isna().any() or not (rate > 0).any():
         return steps
     late = rate[rate.index >= steps.max() * (1 - 2 * FINAL_WINDOW)]
@@ -154,7 +155,7 @@ QUANTITIES = {  # how each quantity is read, for the report
     **{f"{f} consistency": f"test-set {f} consistency" for f in contract.INVARIANCE_FAMILIES},
 }
 HOLDS, DOES_NOT_HOLD, INCONCLUSIVE, TOO_SHORT = "holds", "does not hold", "inconclusive", "budget too short"
-ONE_RUN, NO_RUN = "inconclusive (one run per arm)", "inconclusive (no usable run in an arm)"
+ONE_RUN, NO_RUN = "inconclusive (one run in an arm)", "inconclusive (no usable run in an arm)"
 NO_SPREAD = "inconclusive (no spread across seeds)"
 
 
@@ -170,8 +171,8 @@ IDENTITY_POINTS = tuple((f"{family}{contract.FAMILY_ACC}", point) for family, po
 def at_chance(frame: pd.DataFrame, history: pd.DataFrame) -> pd.Series:
     """Per run (frame's rows): whether its accuracy on the invariance probes' test sample (the
     unshifted point of shift/acc_dx, else the identity point of a family's curve) is at chance,
-    by CHANCE_ERRORS. False where the run does not say how many classes it had or how it scored
-    (nothing to judge by)."""
+    by CHANCE_ERRORS (at or below chance where the run does not say the sample's size). False
+    where the run does not say how many classes it had or how it scored (nothing to judge by)."""
     def number(column):
         return pd.to_numeric(frame.get(column, pd.Series(math.nan, index=frame.index)), errors="coerce")
 
@@ -181,8 +182,9 @@ def at_chance(frame: pd.DataFrame, history: pd.DataFrame) -> pd.Series:
         at = points.merge(pd.DataFrame({"run_id": frame["run_id"], "step": identity}), on=["run_id", "step"])
         accuracy = accuracy.fillna(frame["run_id"].map(at.drop_duplicates("run_id").set_index("run_id")["value"]))
     images = number("param.probes.shift.images").fillna(number("param.probes.invariance.images"))
+    images = images.clip(upper=number("param.data.test_size").fillna(np.inf))  # the probes' sample, as drawn
     chance = 1 / number(f"tag.{contract.CLASSES}")
-    margin = CHANCE_ERRORS * np.sqrt(chance * (1 - chance) / images)
+    margin = (CHANCE_ERRORS * np.sqrt(chance * (1 - chance) / images.where(images > 0))).fillna(0)  # no size: at or below
     return (accuracy <= chance + margin).fillna(False).astype(bool)
 
 
@@ -269,18 +271,18 @@ def _judge(claim: Claim, runs: pd.DataFrame):
         return {**result, "verdict": TOO_SHORT, "why": "not converged: " + ", ".join(
             f"{r.run_name} (loss changed {r.loss_change:.0%})" if pd.notna(r.loss_change)
             else f"{r.run_name} (too few logged steps)" for r in unconverged.itertuples())}
-    sides = [v if isinstance(arm, pd.DataFrame) else float(arm) for v, arm in zip(values, arms)]
     margin = claim.margin * abs(values[1].mean()) if claim.relation == "<=" else 0.0
-    interval = intervals.difference(*sides)
+    interval = _interval(claim, values, arms, margin)
     if interval is not None and claim.trained and interval.low == interval.high:
         interval = None  # no spread in either arm: a trained quantity's seeds did not vary, not an exact answer
     if interval is None:
         point = values[0].mean() - values[1].mean()
         side = "on the claimed side" if _claimed(point, point, claim.relation, margin) else "on the other side"
-        single = any(len(v) < 2 for v, arm in zip(values, arms) if isinstance(arm, pd.DataFrame))
-        return {**result, "difference": point, "margin": margin, "verdict": ONE_RUN if single else NO_SPREAD,
-                "why": f"the {'single runs' if single else 'runs'}' difference {_sig(point)} is {side}, with no "
-                       f"spread to judge it by: sweep {'trainer.seed' if single else 'more seeds'}{left_out}"}
+        single = [len(v) < 2 for v, arm in zip(values, arms) if isinstance(arm, pd.DataFrame)]
+        spread = f"one run in {'each arm' if all(single) else 'an arm'}" if any(single) else "no spread across seeds"
+        return {**result, "difference": point, "margin": margin, "verdict": ONE_RUN if any(single) else NO_SPREAD,
+                "why": f"the arms' difference {_sig(point)} is {side}, with {spread} to judge it by: sweep "
+                       f"{'trainer.seed' if any(single) else 'more seeds'}{left_out}"}
     numbers = {"difference": interval.difference, "low": interval.low, "high": interval.high, "margin": margin}
     if _claimed(interval.low, interval.high, claim.relation, margin):
         verdict, why = HOLDS, f"the {intervals.CONFIDENCE:.0%} interval lies on the claimed side"
@@ -296,13 +298,28 @@ def _judge(claim: Claim, runs: pd.DataFrame):
 _OTHER = {">": "<=", "<=": ">"}
 
 
+def _interval(claim: Claim, values: list, arms: list, margin: float) -> intervals.Interval | None:
+    """The interval of a - b. Against a margin, a fraction m of b's mean, which is measured too:
+    the interval of a - (1 + m) b (b's spread counts (1 + m) times), moved by the margin, so that
+    it lies at or below the margin exactly when a - (1 + m) b lies at or below 0."""
+    sides = [v if isinstance(arm, pd.DataFrame) else float(arm) for v, arm in zip(values, arms)]
+    if margin == 0:
+        return intervals.difference(*sides)
+    scale = 1 + claim.margin * np.sign(values[1].mean())
+    scaled = intervals.difference(sides[0], sides[1] * scale)
+    if scaled is None:
+        return None
+    return intervals.Interval(scaled.difference + margin, scaled.low + margin, scaled.high + margin,
+                              scaled.n_a, scaled.n_b)
+
+
 def _claimed(low: float, high: float, relation: str, margin: float) -> bool:
     """Whether an interval [low, high] of a - b lies wholly on the side `relation` claims."""
     return low > margin if relation == ">" else high <= margin
 
 
-def _sig(x: float) -> str:
-    return f"{x:.3g}"
+def _sig(x: float, digits: int = 3) -> str:
+    return f"{x:.{digits}g}"
 
 
 def _arm(side, runs: pd.DataFrame):
@@ -362,7 +379,8 @@ RULE = (f"Each claim compares two arms in one measured quantity: an arm's value 
         f"± the standard deviation across seeds (n runs). The difference A - B comes with its "
         f"{intervals.CONFIDENCE:.0%} confidence interval ({intervals.METHOD}: unequal variances; against a constant, "
         f"the one-sample t interval). **{HOLDS}**: the interval lies wholly on the claimed side: above 0 for "
-        f"A > B; for A <= B (A is not above B), at or below the margin the claim states, a fraction of B; "
+        f"A > B; for A <= B (A is not above B), at or below the margin the claim states, a fraction m of B "
+        f"(B's mean is measured too: the interval is that of A - (1 + m) B, moved by the margin); "
         f"**{DOES_NOT_HOLD}**: it lies wholly on the other side; **{INCONCLUSIVE}**: it reaches both, with the "
         f"smallest difference this n could have told at the spread measured (the interval's half-width); "
         f"**{ONE_RUN}**, **{NO_SPREAD}** (a trained quantity equal in every run of both arms): no spread to "
@@ -375,7 +393,8 @@ RULE = (f"Each claim compares two arms in one measured quantity: an arm's value 
         "about the initialisation need no convergence, and count a run that diverged later: its step-0 value was "
         f"measured before. An invariance score counts only from a net above chance: a run whose accuracy on the scored "
         f"sample is within {CHANCE_ERRORS} binomial standard errors of chance (1 / classes) is left out, named "
-        "(at chance): a net that predicts one class is perfectly invariant.")
+        "(at chance): a net that predicts one class is perfectly invariant. Each row is its own test at "
+        f"{intervals.CONFIDENCE:.0%}: among many rows, a few may hold or fail by chance.")
 
 
 def claims_markdown(table: pd.DataFrame) -> list:
@@ -398,5 +417,10 @@ def interval_text(row: dict) -> str:
     point, low, high = (row.get(k, math.nan) for k in ("difference", "low", "high"))
     if pd.isna(point):
         return "-"
-    text = _sig(point) + ("" if pd.isna(low) else f" [{_sig(low)}, {_sig(high)}]")
-    return text + (f" (margin {_sig(row['margin'])})" if row.get("relation") == "<=" else "")
+    if row.get("relation") != "<=":
+        return _sig(point) + ("" if pd.isna(low) else f" [{_sig(low)}, {_sig(high)}]")
+    digits = 3
+    while digits < 17 and pd.notna(high) and high != row["margin"] and _sig(high, digits) == _sig(row["margin"], digits):
+        digits += 1  # the bound and the margin it is judged against never print alike unless they are
+    interval = "" if pd.isna(low) else f" [{_sig(low)}, {_sig(high, digits)}]"
+    return f"{_sig(point)}{interval} (margin {_sig(row['margin'], digits)})"

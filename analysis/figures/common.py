@@ -95,12 +95,17 @@ def ratio_sentence(finals: pd.DataFrame, group: str, what: str) -> str:
     return "; ".join(sentences) + "." if sentences else ""
 
 
+def above_chance(history, runs):
+    """The runs whose invariance scores count: not at chance (claims.at_chance), as in the claims."""
+    return runs[~at_chance(runs, history).to_numpy()]
+
+
 def chance_note(history, runs) -> str:
-    """` At chance on the scored sample, so their invariance scores say nothing: d8 s0, d8 s1.`,
-    or nothing: the runs claims.at_chance finds, named in an invariance figure's caption."""
+    """` Left out of the scores, at chance on the scored sample: d8 s0, d8 s1.`, or nothing: the
+    runs claims.at_chance finds, named in an invariance figure's caption."""
     names = runs.loc[at_chance(runs, history).to_numpy(), "run_name"]
-    return f" At chance on the scored sample, so their invariance scores say nothing: {', '.join(names)}." \
-        if len(names) else ""
+    return f" Left out of the scores, at chance on the scored sample (a net at chance is perfectly invariant): " \
+        f"{', '.join(names)}." if len(names) else ""
 
 
 def sig(x: float) -> str:

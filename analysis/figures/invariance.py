@@ -6,15 +6,16 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from analysis import frames
-from analysis.figures.common import chance_note, finish, label_bars, need, sig
+from analysis.figures.common import above_chance, chance_note, finish, label_bars, need, sig
 
 
 def shift_invariance(history, runs, layers):
     """Shift-invariance scores by augmentation, and accuracy against shift."""
     need("augment" in frames.swept(runs), "augmentation was not swept")
-    scores = frames.shift_scores(runs)
-    curve = frames.shift_curves(history, runs)
-    need(not scores.empty and not curve.empty, "no shift-invariance metrics (probes.shift off?)")
+    scores = frames.shift_scores(above_chance(history, runs))
+    curve = frames.shift_curves(history, runs)  # an accuracy at chance is an accuracy: every run
+    need(not curve.empty, "no shift-invariance metrics (probes.shift off?)")
+    need(not scores.empty, "every run is at chance on the scored sample: no invariance score counts")
     fig, (left, right) = plt.subplots(1, 2)
     sns.barplot(data=scores, x="augment", y="value", hue="score", errorbar="sd", ax=left)
     left.set(xlabel="training augmentation", ylabel="probability", ylim=(0, 1.05))
@@ -37,9 +38,9 @@ DOWNSAMPLING_ORDER = ["stride", "maxpool", "avgpool", "blurpool", "none"]
 def downsampling(history, runs, layers):
     """Test shift consistency by downsampling, zero against circular padding."""
     need({"downsample", "padding"} & set(frames.swept(runs)), "downsampling and padding were not swept")
-    scores = frames.invariance_scores(runs)
+    scores = frames.invariance_scores(above_chance(history, runs))
     data = scores[scores["family"] == "shift"]
-    need(not data.empty, "no shift consistency (probes.shift.max=0?)")
+    need(not data.empty, "no shift consistency from a run above chance (probes.shift.max=0?)")
     order = [d for d in DOWNSAMPLING_ORDER if d in set(data["downsample"])]
     fig, ax = plt.subplots()
     sns.barplot(data=data, x="downsample", y="consistency", hue="padding", order=order, errorbar="sd", ax=ax)
@@ -56,8 +57,9 @@ def downsampling(history, runs, layers):
 def invariance(history, runs, layers):
     """Consistency under each transform family by training augmentation; accuracy against rotation."""
     need("augment" in frames.swept(runs), "augmentation was not swept")
-    scores = frames.invariance_scores(runs)
-    need(scores["family"].nunique() > 1, "fewer than two invariance probes ran (probes.invariance.families)")
+    scores = frames.invariance_scores(above_chance(history, runs))
+    need(scores["family"].nunique() > 1, "fewer than two invariance probes ran (probes.invariance.families) "
+         "on a run above chance")
     curve = frames.family_curve(history, runs, "rotation", "angle")
     fig, (left, right) = plt.subplots(1, 2, width_ratios=(3, 2))
     sns.barplot(data=scores, x="family", y="consistency", hue="augment", errorbar="sd", ax=left)
