@@ -10,13 +10,10 @@ cannot be written or a store that does not answer is one line on stderr and a no
 """
 
 import argparse
-import os
 import sys
-import traceback
-import urllib.parse
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from analysis.cli import PROJECT_ROOT, guarded, ui_address
 
 
 def main(argv=None) -> int:
@@ -34,40 +31,21 @@ def main(argv=None) -> int:
                         help="seconds a tracking server may take to answer before analysis gives up (default 60, "
                              "as the jobs' tracking.timeout)")
     args = parser.parse_args(argv)
+    return guarded(args.uri, args.timeout, lambda: _report(args))
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per downloaded file
-    from analysis.load import open_client, select_runs  # after --help: mlflow imports slowly
+
+def _report(args) -> int:
+    from analysis.load import open_client, select_runs
     from analysis.report import report_folder, write_report
-    from harness.errors import HarnessError
-    from harness.tracking.store import STORE_ERRORS, _first_line, bound_http_retries, redact
 
-    sys.excepthook = lambda *error: sys.stderr.write(redact("".join(traceback.format_exception(*error))))
-    if args.uri.startswith(("http://", "https://")):
-        bound_http_retries(args.timeout)
-    try:
-        client = open_client(args.uri)
-        selection = select_runs(client, args.sweep, args.experiment, args.filter)
-        out = args.out or report_folder(args.reports, selection.name)
-        ui = args.ui or (_without_credentials(args.uri) if args.uri.startswith(("http://", "https://"))
-                         else "http://127.0.0.1:5000")
-        results = write_report(client, args.uri, selection, out, ui)
-    except HarnessError as e:
-        print(f"error: {redact(' '.join(str(e).splitlines()))}", file=sys.stderr)  # a name from the store may hold a newline
-        return 2
-    except STORE_ERRORS as e:
-        print(f"error: cannot use the MLflow store {redact(args.uri)}: {_first_line(e)}", file=sys.stderr)
-        return 1
+    client = open_client(args.uri)
+    selection = select_runs(client, args.sweep, args.experiment, args.filter)
+    out = args.out or report_folder(args.reports, selection.name)
+    results = write_report(client, args.uri, selection, out, ui_address(args.uri, args.ui))
     for name, note in results.items():
         print(f"{name}: {note}")
     print(f"report of {len(selection.runs)} runs: {out / 'index.md'}")
     return 0
-
-
-def _without_credentials(url: str) -> str:
-    """A server URI as a link a report may show: no user or password in it."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=host))
 
 
 if __name__ == "__main__":

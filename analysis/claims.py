@@ -401,13 +401,18 @@ def claims_markdown(table: pd.DataFrame) -> list:
     """The report's claims section: the rule, then one table per study."""
     lines = ["## Claims", "", RULE, ""]
     for study, rows in table.groupby("study", sort=False):
-        lines += [f"### {study}", "", f"| claim | measured | arm A | | arm B | A - B, {intervals.CONFIDENCE:.0%} interval "
-                  "| verdict | why |", "|---|---|---|---|---|---|---|---|"]
-        for r in rows.itertuples():
-            where = f" ({r.where})" if r.where else ""
-            lines.append(f"| {r.claim}{where} | {r.quantity} | {r.a} | {r.relation} | {r.b} | "
-                         f"{interval_text(r._asdict())} | **{r.verdict}** | {r.why} |")
-        lines.append("")
+        lines += [f"### {study}", "", *claims_table(rows), ""]
+    return lines
+
+
+def claims_table(rows: pd.DataFrame) -> list:
+    """The markdown table of claim rows (verdicts' columns)."""
+    lines = [f"| claim | measured | arm A | | arm B | A - B, {intervals.CONFIDENCE:.0%} interval | verdict | why |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows.fillna({"where": ""}).itertuples():
+        where = f" ({r.where})" if r.where else ""
+        lines.append(f"| {r.claim}{where} | {r.quantity} | {r.a} | {r.relation} | {r.b} | "
+                     f"{interval_text(r._asdict())} | **{r.verdict}** | {r.why} |")
     return lines
 
 

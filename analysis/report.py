@@ -64,7 +64,7 @@ def write_report(client, uri, selection, out_dir: Path, ui_url: str) -> dict:
     """Write the report of the selected runs into out_dir; return {figure: caption or skip note}.
     ui_url: where the MLflow UI shows this store, for report.html's links to the runs.
     ReportError if out_dir is something else than a report folder, or cannot be written."""
-    _check_replaceable(out_dir)
+    check_replaceable(out_dir)
     runs = runs_frame(selection.runs)
     history = histories_frame(client, uri, selection.runs)
     layers = layer_tables(client, selection.runs)
@@ -72,7 +72,7 @@ def write_report(client, uri, selection, out_dir: Path, ui_url: str) -> dict:
     left_out = ", ".join(f"{r.run_name} ({r.status.lower()})" for r in runs[~finished(runs)].itertuples())
     studies = all_studies.of_preset(selection.preset)
     try:
-        with _swapped_in(out_dir) as build:
+        with swapped_in(out_dir) as build:
             drawn, skipped = _draw_figures(_figures_of(studies), history, runs, layers, build)
             flow = gradient_flow(grad_by_layer(history, runs, layers))
             measured = measures(history, runs, layers, flow)
@@ -99,14 +99,14 @@ def write_report(client, uri, selection, out_dir: Path, ui_url: str) -> dict:
     return {**left, **drawn, **{name: f"skipped: {why}" for name, why in skipped.items()}}
 
 
-def _check_replaceable(out_dir: Path) -> None:
+def check_replaceable(out_dir: Path) -> None:
     if out_dir.is_symlink() or (out_dir.exists() and not (out_dir / MARKER).is_file()):
         raise ReportError(f"{out_dir} exists and is not a report folder (it has no {MARKER}): "
                           "choose another --out, or move it away")
 
 
 @contextlib.contextmanager
-def _swapped_in(out_dir: Path):
+def swapped_in(out_dir: Path):
     """A folder built beside out_dir (with MARKER in it) that replaces out_dir when the block
     succeeds, and is removed whatever happens."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,7 @@ def _swapped_in(out_dir: Path):
         (build / MARKER).write_text(MARKER_TEXT)
         yield build
         if out_dir.exists() or out_dir.is_symlink():
-            _check_replaceable(out_dir)  # again: it may have appeared while the figures were drawn
+            check_replaceable(out_dir)  # again: it may have appeared while the figures were drawn
             shutil.rmtree(out_dir)
         build.rename(out_dir)
     finally:

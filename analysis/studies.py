@@ -18,6 +18,12 @@ class Study:
     preset: str  # conf/experiment/<preset>.yaml, recorded on the sweep's parent run (contract.PRESET)
     claims: tuple
     figures: tuple  # names in analysis.figures.FIGURES, drawn in that list's order
+    key: str = ""  # the one figure the results page shows (analysis.results); "": the first of figures
+    literature: str = ""  # who states the claims, and at what budget: the results page sets the verdicts beside it
+
+    @property
+    def key_figure(self) -> str:
+        return self.key or self.figures[0]
 
 
 PLAIN, RESIDUAL = {"architecture": "plain"}, {"architecture": "residual"}
@@ -33,20 +39,28 @@ STUDIES = [
               "final training loss", {**RESIDUAL, "depth": "max"}, "<=", {**RESIDUAL, "depth": "min"}, margin=0.05),
         Claim("At the greatest depth, residual connections make the net train better", "final training loss",
               {**PLAIN, "depth": "max"}, ">", {**RESIDUAL, "depth": "max"}),
-    ), DEPTH_FIGURES),
+    ), DEPTH_FIGURES, "training_curves",
+        "He et al. 2016 (Fig. 6, Table 6): plain-56 trains worse than plain-20, ResNet-56 better than ResNet-20, "
+        "after 64k iterations of 128 images (about 180 epochs of 45,000) with crops and flips"),
     Study("BatchNorm", "batchnorm", (
         Claim("BatchNorm makes training faster", "final training loss", NO_BN, ">", BN),
         Claim("BatchNorm smooths the loss landscape (Santurkar et al. 2018)", "loss variation", NO_BN, ">", BN),
-    ), (*DEPTH_FIGURES, "landscape", "first_layer_gradient")),  # the depth figures draw where depth is swept too
+    ), (*DEPTH_FIGURES, "landscape", "first_layer_gradient"),  # the depth figures draw where depth is swept too
+        "landscape", "Ioffe and Szegedy 2015 (faster training); Santurkar et al. 2018, Fig. 4 (a smoother loss "
+        "landscape along the gradient, VGG on CIFAR-10 over full training runs)"),
     Study("Optimisers", "optimizers", tuple(
         Claim(f"{name} trains faster than plain SGD", "final training loss", {"optimizer": "sgd"}, ">", {"optimizer": choice})
         for name, choice in (("Momentum", "momentum"), ("Nesterov momentum", "nesterov"), ("RMSProp", "rmsprop"),
-                             ("Adam", "adam"))), ("grad_heatmap", "optimizers")),
+                             ("Adam", "adam"))), ("grad_heatmap", "optimizers"), "optimizers",
+        "the lectures (CS231n, optimisation): momentum and adaptive methods reach a lower loss than plain SGD "
+        "in the same number of steps, each at a learning rate suited to it"),
     Study("Augmentation and shift invariance", "augmentation", (
         Claim("Trained CNNs are only \"sort of\" shift-invariant", "shift consistency", 1.0, ">", NO_AUG),
         *[Claim(f"Training with {name} makes a CNN more shift-invariant", "shift consistency", {"augment": choice}, ">",
                 NO_AUG) for name, choice in (("random crops", "crop"), ("crops and flips", "crop_flip"))],
-    ), ("grad_heatmap", "shift_invariance")),
+    ), ("grad_heatmap", "shift_invariance"), "shift_invariance",
+        "Azulay and Weiss 2019; Zhang 2019: CNNs trained on natural images are far from shift-invariant, "
+        "and augmentation helps only partly"),
     Study("Gradient flow at initialisation", "vanishing", (
         Claim("Without BatchNorm, the gradient vanishes toward the input of a deep plain net",
               "first/last layer gradient ratio", VANISHING, ">", {**PLAIN, "depth": "max", **NO_BN}, trained=False),
@@ -55,7 +69,9 @@ STUDIES = [
               {**PLAIN, "depth": "max", **BN}, ">", EXPLODING, trained=False),
         Claim("Residual connections let the gradient reach the first layers", "|log10 gradient ratio|",
               {**PLAIN, "depth": "max"}, ">", {**RESIDUAL, "depth": "max"}, trained=False),
-    ), ("grad_vs_layer", "grad_heatmap", "first_layer_gradient")),
+    ), ("grad_vs_layer", "grad_heatmap", "first_layer_gradient"), "first_layer_gradient",
+        "the lectures (vanishing gradients in deep plain nets); Yang et al. 2019 (BatchNorm makes the gradient "
+        "explode with depth at initialisation); He et al. 2016 (identity shortcuts carry the gradient)"),
     Study("Downsampling and padding", "downsampling", (
         *[Claim(f"Blur before subsampling is more shift-invariant than {name} (Zhang 2019)", "shift consistency",
                 {"downsample": "blurpool"}, ">", {"downsample": choice})
@@ -64,19 +80,25 @@ STUDIES = [
               {"padding": "circular"}, ">", {"padding": "zeros"}),
         Claim("With circular padding and no downsampling, a CNN is exactly invariant to circular shifts",
               "shift consistency", 1.0, "<=", {"padding": "circular", "downsample": "none"}, trained=False),
-    ), ("grad_heatmap", "shift_invariance", "downsampling", "invariance")),  # by augmentation, where that is swept too
+    ), ("grad_heatmap", "shift_invariance", "downsampling", "invariance"),  # by augmentation, where that is swept too
+        "downsampling", "Zhang 2019 (Making convolutional networks shift-invariant again): blur pooling raises "
+        "shift consistency over strided convolution and max pooling, on ImageNet and CIFAR-10"),
     Study("Invariance beyond shifts", "invariance", (
         *[Claim(f"CNNs are not invariant to {family} unless trained to be", f"{family} consistency", 1.0, ">", NO_AUG)
           for family in contract.INVARIANCE_FAMILIES],
         *[Claim(f"Training with rotations and scaling makes a CNN more {family}-invariant", f"{family} consistency",
                 {"augment": "geometric"}, ">", NO_AUG) for family in contract.GEOMETRIC_FAMILIES],
-    ), ("grad_heatmap", "shift_invariance", "invariance")),
+    ), ("grad_heatmap", "shift_invariance", "invariance"), "invariance",
+        "Engstrom et al. 2019 (rotations and translations fool CNNs); the lectures: invariance comes from "
+        "training data, not from the architecture"),
     Study("Regularisation", "regularisation", (
         Claim("Dropout regularises: it narrows the gap between training and test accuracy", "generalisation gap",
               {"dropout": "min"}, ">", {"dropout": "max"}),
         Claim("Weight decay regularises", "generalisation gap", {"weight_decay": "min"}, ">", {"weight_decay": "max"}),
         Claim("Gaussian pixel jitter regularises", "generalisation gap", {"augment": "crop_flip"}, ">", {"augment": "jitter"}),
-    ), ("grad_heatmap", "regularisation")),
+    ), ("grad_heatmap", "regularisation"), "regularisation",
+        "Srivastava et al. 2014 (dropout); Krogh and Hertz 1992 (weight decay); Bishop 1995 (training with "
+        "noise is a regulariser); all over full training runs"),
 ]
 
 

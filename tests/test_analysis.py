@@ -103,6 +103,40 @@ def test_report_html_shows_every_figure_in_a_browser_from_disk(depth_bn_store, t
     assert headings == ["Claims", "Figures", "Runs", "Config"]
 
 
+def test_the_results_page_shows_the_claims_of_its_sweep(depth_bn_store, tmp_path):
+    """docs/results.md from a store: each claim row of the sweep's own report, the command that
+    ran it, the machine, the wall time and the key figure; a results folder the harness did not
+    write is not replaced."""
+    uri, _ = depth_bn_store
+    sweep = select_runs(open_client(uri)).name
+    assert analysis("--uri", uri, "--sweep", sweep, "--out", str(tmp_path / "report")).returncode == 0
+    claims = pd.read_csv(tmp_path / "report" / "claims.csv").fillna({"where": ""})
+    page = tmp_path / "docs" / "results.md"
+    result = run_module("analysis.results", "--uri", uri, "--sweep", sweep, "--out", str(page),
+                        "--reports", str(tmp_path / "reports"))
+    assert result.returncode == 0, result.stderr
+    text = page.read_text()
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert len(claims) > 0 and set(claims["study"]) == {"BatchNorm"}
+    for row in claims.itertuples():
+        line = lines[row.claim + (f" ({row.where})" if row.where else "")]
+        assert f"| {row.a} | {row.relation} | {row.b} |" in line and f"| **{row.verdict}** | {row.why} |" in line
+    assert ("`python -m harness -m +experiment=batchnorm model.depth=8,14 model.residual=true trainer.seed=0 "
+            "probes.landscape.every=4 data=synthetic") in text
+    assert "4 jobs (4 finished)" in text and " s wall time on cpu (" in text
+    figure = f"results/{sweep.replace('/', '_')}-7_landscape.png"
+    assert f"]({figure})" in text and (tmp_path / "docs" / figure).is_file()
+    assert "Literature: Ioffe and Szegedy 2015" in text
+
+    (tmp_path / "mine" / "results").mkdir(parents=True)
+    (tmp_path / "mine" / "results" / "notes.txt").write_text("mine")
+    result = run_module("analysis.results", "--uri", uri, "--sweep", sweep, "--out", str(tmp_path / "mine" / "results.md"),
+                        "--reports", str(tmp_path / "reports"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "is not a report folder" in result.stderr, result.stderr
+    assert (tmp_path / "mine" / "results" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "mine" / "results.md").exists()
+
+
 def test_figures_share_scales_start_at_zero_and_say_what_they_show(depth_bn_store):
     from analysis import figures
 

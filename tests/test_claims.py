@@ -341,3 +341,18 @@ def test_an_invariance_figure_leaves_a_net_at_chance_out_of_its_bars():
     assert finding.endswith("perfectly invariant): none0.")
     heights = sorted(round(bar.get_height(), 3) for bar in figure.axes[0].patches if bar.get_height() > 0)
     assert 1.0 not in heights and 0.6 in heights
+
+
+def test_the_results_page_notes_a_verdict_against_the_literature():
+    from analysis.results import _literature
+    from analysis.studies import STUDIES
+
+    class Params:  # an MLflow run as far as the note reads it
+        class data:
+            params = {"trainer.steps": "None", "trainer.epochs": "15", "data.train_subset": "10000"}
+
+    rows = pd.DataFrame([{"claim": PLAIN_DEGRADES, "verdict": DOES_NOT_HOLD}, {"claim": RESIDUAL_HELPS, "verdict": HOLDS}])
+    lines = _literature(STUDIES[0], rows, [Params])
+    assert lines[0].startswith("Literature: He et al. 2016") and len(lines) == 3
+    assert lines[1].startswith(f"- **Disagrees with the literature**: *{PLAIN_DEGRADES}* does not hold here")
+    assert "these runs trained 15 epochs of 10000 images" in lines[1]
