@@ -1,4 +1,4 @@
-"""The README's screenshots of the MLflow UI, taken from a real `mlflow ui` by headless Chromium.
+"""The screenshots of the MLflow UI in docs/tracking.md, taken from a real `mlflow ui` by headless Chromium.
 
     python docs/screenshots.py [--uri sqlite:////abs/runs/mlflow.db] [--out docs]
 

@@ -4,7 +4,7 @@ registered here by name; a study (analysis.studies) names the figures it shows.
 A figure whose study axis the selection does not vary raises Skip with the reason; the
 report lists it as a note. Every figure is FIGSIZE at DPI, labelled for a reader who did
 not run the sweep: units on the axes, a title saying what is compared, human legend names.
-Each figure's file is <number>_<name>, its number its place in FIGURES (the README's list).
+Each figure's file is <number>_<name>, its number its place in FIGURES (the list in docs/studies.md).
 """
 
 from dataclasses import dataclass
@@ -24,7 +24,7 @@ class Figure:
 
     @property
     def stem(self) -> str:
-        """The figure's file name without suffix, numbered as the README lists the figures."""
+        """The figure's file name without suffix, numbered as docs/studies.md lists the figures."""
         return f"{NUMBERS[self.name]}_{self.name}"
 
 
