@@ -23,7 +23,8 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from analysis import studies as all_studies
-from analysis.claims import RULE, claims_markdown, gradient_flow, gradient_flow_markdown, measures, verdicts
+from analysis.claims import (RULE, claims_markdown, gradient_flow, gradient_flow_markdown, interval_text, measures,
+                             verdicts)
 from analysis.figures import DPI, FIGURES, Skip
 from analysis.frames import finished, grad_by_layer, summary, swept
 from analysis.html import write_html
@@ -39,6 +40,7 @@ PNG_METADATA = {"Software": None}
 MARKER = ".harness-report"  # in every report folder: the only folders a report replaces
 MARKER_TEXT = "Written by `python -m analysis`, which replaces this folder when it writes the report again.\n"
 NAME_LIMIT = 100  # characters of a folder name read from the store
+NOTE_LIMIT = 5000  # characters of the parent's description: what every MLflow store keeps of a tag
 
 
 class ReportError(HarnessError):
@@ -95,8 +97,26 @@ def write_report(client, uri, selection, out_dir: Path, ui_url: str) -> dict:
                           f"{e.strerror or e} ({errno.errorcode.get(e.errno, 'no errno')})") from None
     if selection.parent is not None:
         client.log_artifacts(selection.parent.info.run_id, str(out_dir), "report")
+        _verdicts_on_parent(client, selection.parent, claims)
     left = {"left out of the figures": left_out} if left_out else {}
     return {**left, **drawn, **{name: f"skipped: {why}" for name, why in skipped.items()}}
+
+
+def _verdicts_on_parent(client, parent, claims: pd.DataFrame) -> None:
+    """The claims on the sweep's page in the MLflow UI: a line each in its description (after
+    what the sweep said of itself), and the table as an MLflow table beside the report."""
+    if claims.empty:
+        return
+    lines = [f"- {r.claim}{f' ({r.where})' if r.where else ''}: **{r.verdict}**"
+             + ("" if interval_text(r._asdict()) == "-" else f", A - B = {interval_text(r._asdict())}")
+             for r in claims.itertuples()]
+    sweep_said = parent.data.tags.get(contract.NOTE, "").split(contract.VERDICTS)[0]
+    note = f"{sweep_said}{contract.VERDICTS}(`python -m analysis`)\n\n" + "\n".join(lines)
+    client.set_tag(parent.info.run_id, contract.NOTE, note[:NOTE_LIMIT])
+    columns = ["study", "claim", "where", "a", "relation", "b", "difference", "low", "high", "margin", "verdict", "why"]
+    table = claims.reindex(columns=columns)
+    client.log_table(parent.info.run_id, data=table.astype(object).where(table.notna(), None),
+                     artifact_file=contract.CLAIMS_TABLE)
 
 
 def check_replaceable(out_dir: Path) -> None:

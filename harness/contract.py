@@ -71,6 +71,8 @@ def invariance_grid(family: str, cfg) -> list:
 
 # ---------------------------------------------------------------- artifacts
 
+VERDICTS = "\n\nVerdicts: "  # in a sweep parent's description (NOTE): what python -m analysis replaces
+CLAIMS_TABLE = "claims_table.json"  # on a sweep's parent, written by python -m analysis: the verdicts (log_table)
 JOBS_TABLE = "jobs_table.json"  # on a sweep's parent: each job's swept values and headline metrics (log_table)
 
 LAYER_TABLE = "layers.csv"  # index, metric, layer, module, parameters

@@ -1,6 +1,7 @@
 """`python -m analysis` on stores made by real tiny sweeps (synthetic data, smoke trainer)."""
 
 import csv
+import json
 import hashlib
 
 import numpy as np
@@ -63,6 +64,18 @@ def test_report_of_the_latest_sweep(depth_bn_store, tmp_path):
 
     artifacts = {a.path for a in client.list_artifacts(selection.parent.info.run_id, "report")}
     assert {"report/index.md", "report/summary.csv", "report/1_training_curves.png"} <= artifacts
+    # the verdicts on the sweep's page in the UI: one line each in its description, and a table
+    parent = client.get_run(selection.parent.info.run_id)
+    said, verdicts = parent.data.tags["mlflow.note.content"].split("\n\nVerdicts: (`python -m analysis`)\n\n")
+    assert said.startswith(f"Sweep {selection.name}: 4 jobs (4 finished) over ") and "model.depth = 8, 14" in said
+    assert "model.batchnorm = False, True" in said
+    claims = pd.read_csv(out / "claims.csv").fillna({"where": ""})
+    claims = claims.assign(difference=claims.get("difference", np.nan))  # none where no run converged
+    assert len(claims) and verdicts.splitlines() == [
+        f"- {r.claim} ({r.where}): **{r.verdict}**" + ("" if pd.isna(r.difference) else f", A - B = {r.difference:.3g}")
+        for r in claims.itertuples()]
+    table = json.loads(open(client.download_artifacts(parent.info.run_id, "claims_table.json")).read())
+    assert [row[table["columns"].index("verdict")] for row in table["data"]] == list(claims["verdict"])
 
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}
     assert analysis("--uri", uri, "--out", str(out), "--sweep", selection.name).returncode == 0

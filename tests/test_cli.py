@@ -51,6 +51,16 @@ def test_depth_sweep_logs_one_parent_and_its_jobs(runs_dir):
     rows = [dict(zip(table["columns"], row)) for row in table["data"]]
     assert [(row["run"], row["model.depth"], row["test/acc"]) for row in rows] == [
         (run.info.run_name, run.data.params["model.depth"], run.data.metrics["test/acc"]) for run in jobs]
+    # the parent is the sweep's page: what was swept and how it went, shared settings, best and worst
+    accuracies = [run.data.metrics["test/acc"] for run in jobs]
+    assert parent.data.metrics["jobs_max/test/acc"] == max(accuracies)
+    assert parent.data.metrics["jobs_min/test/acc"] == min(accuracies)
+    assert parent.data.params["swept.model.depth"] == "8,20" and "model.depth" not in parent.data.params
+    assert parent.data.params["trainer.steps"] == "12" and parent.data.params["trainer.precision"] == "fp32"
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith(f"Sweep {parent.data.tags['sweep_id']}: 2 jobs (2 finished) over model.depth = 8, 20, "
+                           "on Synthetic data. ")
+    assert f"Test accuracy from {min(accuracies):.4f} to {max(accuracies):.4f}." in note
 
     for num, run in enumerate(jobs):
         params, tags = run.data.params, run.data.tags

@@ -68,6 +68,7 @@ class Sweep:
         folder.mkdir(parents=True, exist_ok=True)
         write_atomically(folder / JOBS_FILE, json.dumps(expand_sweep(params, overrides)))
         info = {"run_id": run.info.run_id, "experiment_id": experiment_id, "sweep_id": sweep_id, "swept": swept,
+                "preset": preset,
                 "uri": config.tracking.uri, "experiment": config.tracking.experiment}
         write_atomically(folder / PARENT_FILE, json.dumps(info))
         log.info("sweep %s: MLflow parent run %s in %s", sweep_id, run.info.run_id, redact(config.tracking.uri))
@@ -103,7 +104,8 @@ class Sweep:
         info = read_parent(self.folder)
         try:
             self._end_orphans(info["experiment_id"])
-            self._log_jobs_table(info)  # after the orphans: their outcome is "killed" by now
+            jobs = self._log_jobs_table(info)  # after the orphans: their outcome is "killed" by now
+            self._summarise(info, jobs, outcomes)
             status = "KILLED" if stopped else "FINISHED" if completed and not (failed or killed) else "FAILED"
             self.client.log_batch(self.run_id, tags=[RunTag("jobs", str(len(outcomes))),
                                                      RunTag("jobs_failed", str(failed)),
@@ -135,6 +137,36 @@ class Sweep:
                     for key in info["swept"]},
                  **{key: [r.data.metrics.get(key) for r in jobs] for key in contract.HEADLINE}}
         self.client.log_table(self.run_id, data=table, artifact_file=contract.JOBS_TABLE)
+        return jobs
+
+    def _summarise(self, info: dict, jobs: list, outcomes: list) -> None:
+        """The parent run as the sweep's page in the MLflow UI: a description of what was swept
+        and how it went, the settings every job shares as params (the swept axes as their
+        values), and the best and worst headline metrics, so a collapsed sweep shows in charts."""
+        swept = {key: sorted({str(r.data.params.get(key, r.data.tags.get(contract.choice_tag(key)))) for r in jobs},
+                             key=_in_order) for key in info["swept"]}
+        shared = {key: value for key, value in jobs[0].data.params.items()
+                  if all(r.data.params.get(key) == value for r in jobs)} if jobs else {}
+        params = {**shared, **{f"swept.{key}": ",".join(values) for key, values in swept.items()}}
+        metrics = {}
+        for key in contract.HEADLINE:
+            values = [r.data.metrics[key] for r in jobs if key in r.data.metrics]
+            if values:
+                metrics.update({f"jobs_max/{key}": max(values), f"jobs_min/{key}": min(values)})
+        counts = ", ".join(f"{n} {outcome}" for outcome, n in
+                           sorted({str(o or "never ended"): outcomes.count(o) for o in outcomes}.items()))
+        axes = "; ".join(f"{key} = {', '.join(values)}" for key, values in swept.items()) or "nothing"
+        note = (f"Sweep {self.sweep_id}: {len(outcomes)} jobs ({counts or 'none'}) over {axes}, on "
+                f"{shared.get('data._target_', 'the jobs own data').rsplit('.', 1)[-1]} data"
+                f"{', preset ' + info['preset'] if info.get('preset') else ''}. "
+                + (f"Test accuracy from {metrics[f'jobs_min/{contract.TEST_ACC}']:.4f} to "
+                   f"{metrics[f'jobs_max/{contract.TEST_ACC}']:.4f}. " if f"jobs_max/{contract.TEST_ACC}" in metrics else "")
+                + f"{contract.VERDICTS}`python -m analysis --sweep {self.sweep_id}` writes them here.")
+        try:
+            log_summary(self.client, self.run_id, params, metrics, note)
+        except STORE_ERRORS as e:  # a param logged before with another value (a resumed sweep): keep the first
+            log.warning("sweep %s: the parent run's summary is partly kept: %s", self.sweep_id,
+                        str(e).splitlines()[0])
 
     def _end_orphans(self, experiment_id: str) -> None:
         children = self.client.search_runs(
@@ -142,6 +174,26 @@ class Sweep:
             f"tags.`{contract.PARENT}` = '{self.run_id}' and attributes.status = 'RUNNING'")
         for run in children:
             end_killed(self.client, run.info.run_id, "the sweep's end: its process was gone")
+
+
+def _in_order(value: str):
+    """Numbers by value (8 before 14), then words."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def log_summary(client, run_id: str, params: dict, metrics: dict, note: str) -> None:
+    """The metrics at step 0 and the description, then the params in batches MLflow accepts (100 each)."""
+    from mlflow.entities import Metric, Param
+
+    stamp = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, value, stamp, 0) for key, value in metrics.items()],
+                     tags=[RunTag(contract.NOTE, redact(note))])
+    items = [Param(key, redact(str(value))[:6000]) for key, value in params.items()]
+    for start in range(0, len(items), 100):  # last: a resumed sweep's swept values may have grown, and a
+        client.log_batch(run_id, params=items[start:start + 100])  # param keeps its first value
 
 
 def ui_address(info: dict) -> str:
