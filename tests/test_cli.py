@@ -45,6 +45,8 @@ def test_depth_sweep_logs_one_parent_and_its_jobs(runs_dir):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's model-training view
     for k, run in enumerate(jobs, 1):  # what is happening, as it happens, in the job's log
         assert f"job {k}/2 d{run.data.params['model.depth']}: final test on 1,024 images" in result.stderr
+        for line in ("training 12 steps (1 epoch of ", "epoch 1/1 step 12: ", "test: loss "):  # whose line
+            assert f"job {k}/2 d{run.data.params['model.depth']}: {line}" in result.stderr
         assert run.data.tags["mlflow.note.content"].startswith(f"finished: train/loss **{run.data.metrics['train/loss']:.4f}**")
     # the parent's table of jobs: swept values and headline metrics, as the UI shows it
     table = json.loads(open(client.download_artifacts(parent.info.run_id, "jobs_table.json")).read())

@@ -109,6 +109,10 @@ class Progress:
             parts.append(f"loss {self.loss.value:.4f}")
         return (f"{self.label}: " if self.label and with_step else "") + ", ".join(parts)
 
+    def say(self, message: str, *args, level: int = logging.INFO) -> None:
+        """A log line about the job, labelled with it: with several jobs at once, whose line it is."""
+        log.log(level, ("%s: " % self.label if self.label else "") + message, *args)
+
     @contextmanager
     def phase(self, what: str):
         """A line as a stretch without steps begins (validation, probes, the final test)."""

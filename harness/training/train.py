@@ -26,8 +26,6 @@ from harness.data import Splits
 from harness.probes import Evaluation, Probes
 from harness.training.progress import Progress
 
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class Setup:
@@ -126,10 +124,10 @@ def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext, checkpoi
     if resumed:
         step, first_epoch, epoch_step = resumed["step"], resumed["epoch"], resumed["epoch_step"]
         _restore(setup, window, resumed)
-        log.info("resuming at step %d (epoch %d) from %s", step, first_epoch, checkpoints.path)
-    log.info("training %d steps (%d epochs of %d steps, batch %d) on %s: %s",
-             total_steps, epochs, steps_per_epoch, batches.batch_size, device,
-             ", ".join(f"{k} {v}" for k, v in setup.compute.describe().items()))
+        progress.say("resuming at step %d (epoch %d) from %s", step, first_epoch, checkpoints.path)
+    progress.say("training %d steps (%s of %d steps, batch %d) on %s: %s", total_steps,
+                 f"{epochs} epoch{'s' if epochs != 1 else ''}", steps_per_epoch, batches.batch_size, device,
+                 ", ".join(f"{k} {v}" for k, v in setup.compute.describe().items()))
 
     def save(epoch, at_step, epoch_start_rng):
         checkpoints.save({"step": step, "epoch": epoch, "epoch_step": at_step, "generator": epoch_start_rng,
@@ -180,13 +178,14 @@ def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext, checkpoi
             due = checkpoints and checkpoints.due(epoch) and step < total_steps
             checkpoint = (lambda: save(epoch + 1, 0, batches.generator.get_state())) if due else None
             final.update((key, value) for key, value, _ in metrics.flush(before_sending=checkpoint))
-            log.info("epoch %d/%d step %d: %s", epoch, epochs, step, _summary(final, images_per_sec))
+            progress.say("epoch %d/%d step %d: %s", epoch, epochs, step, _summary(final, images_per_sec))
             if not math.isfinite(final[contract.TRAIN_LOSS]):
-                log.warning("training loss is %s at step %d: the run diverged, stopping", final[contract.TRAIN_LOSS], step)
+                progress.say("training loss is %s at step %d: the run diverged, stopping", final[contract.TRAIN_LOSS],
+                             step, level=logging.WARNING)
                 return Trained(Outcome.DIVERGED, step, final)
 
         final.update(final_test(setup, step, eval_batch, metrics, progress))
-    log.info("test: loss %.4f, accuracy %.4f", final[contract.TEST_LOSS], final[contract.TEST_ACC])
+    progress.say("test: loss %.4f, accuracy %.4f", final[contract.TEST_LOSS], final[contract.TEST_ACC])
     return Trained(Outcome.FINISHED, step, final)
 
 
