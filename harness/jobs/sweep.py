@@ -155,9 +155,10 @@ class Sweep:
                 metrics.update({f"jobs_max/{key}": max(values), f"jobs_min/{key}": min(values)})
         counts = ", ".join(f"{n} {outcome}" for outcome, n in
                            sorted({str(o or "never ended"): outcomes.count(o) for o in outcomes}.items()))
+        data = shared.get("data._target_", "each job's own").rsplit(".", 1)[-1]
         axes = "; ".join(f"{key} = {', '.join(values)}" for key, values in swept.items()) or "nothing"
         note = (f"Sweep {self.sweep_id}: {len(outcomes)} jobs ({counts or 'none'}) over {axes}, on "
-                f"{shared.get('data._target_', "each job's own").rsplit('.', 1)[-1]} data"
+                f"{data} data"
                 f"{', preset ' + info['preset'] if info.get('preset') else ''}. "
                 + (f"Test accuracy from {metrics[f'jobs_min/{contract.TEST_ACC}']:.4f} to "
                    f"{metrics[f'jobs_max/{contract.TEST_ACC}']:.4f}. " if f"jobs_max/{contract.TEST_ACC}" in metrics else "")
