@@ -49,12 +49,14 @@ from harness.jobs.sweep import JOBS_FILE, expand_sweep, read_parent, stop_signal
 from harness.tracking.store import (STORE_ERRORS, JobRun, TrackingError, device_name, from_the_store, job_name,
                                     open_experiment)
 from harness.training.train import Setup, train
+from harness.usage import answer_help
 
 log = logging.getLogger("harness")
 
 
 def main() -> None:
     """Entry point: check every job's config in one line each, then hand over to Hydra."""
+    answer_help(sys.argv[1:])  # the `harness` command comes here directly
     try:
         check_command_line(sys.argv[1:])
     except HarnessError as e:
@@ -81,6 +83,10 @@ def check_command_line(argv: list) -> None:
     try:
         parsed = OverridesParser.create().parse_overrides(args.overrides)  # a syntax error: one line too
         check_recipe_and_trainer(parsed)
+        swept = [o.input_line for o in parsed if o.is_sweep_override()]
+        if swept and not args.multirun:
+            raise ConfigError(f"{swept[0]} gives several values, which only a sweep takes: add -m "
+                              f"(python -m harness -m {' '.join(args.overrides)})")
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             if not args.multirun:
                 cfg = compose(config_name, overrides=args.overrides)

@@ -77,6 +77,37 @@ def test_each_bad_value_is_one_line_and_exit_status_2(overrides, says, monkeypat
     assert list(tmp_path.iterdir()) == []  # no store, no Hydra output folder, nothing
 
 
+def test_help_lists_what_a_user_picks_from_without_importing_torch(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "harness", "--help"], capture_output=True,
+                            text=True, timeout=60, cwd=conf.parent)
+    assert result.returncode == 0
+    assert " torch" not in {line.rsplit("|", 1)[-1].rstrip() for line in result.stderr.splitlines()}  # not imported
+    text = result.stdout
+    assert "schema" not in text and "hydra/" not in text
+    for group in ("model", "data", "augment", "optim", "schedule", "probes", "trainer", "tracking", "recipe"):
+        choices = ", ".join(sorted(f.stem for f in (conf / group).glob("*.yaml")))
+        assert f"\n  {group}: {choices}\n" in text
+    for preset in sorted((conf / "experiment").glob("*.yaml")):
+        assert f"\n  {preset.stem}: " in text
+    assert "depth_residual: He et al. 2016, Fig. 6: plain nets degrade with depth, residual nets do not." in text
+    assert "-m +experiment=NAME" in text and "Without -m a value with a comma is refused." in text
+
+
+def test_several_values_without_m_say_to_add_it(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["harness", "model.depth=8,20", "data=synthetic", f"paths.runs={tmp_path}"])
+    with pytest.raises(SystemExit) as exit_status:
+        main()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_status.value.code == 2 and lines == [
+        "error: model.depth=8,20 gives several values, which only a sweep takes: add -m "
+        f"(python -m harness -m model.depth=8,20 data=synthetic paths.runs={tmp_path})"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_no_cuda_device_is_one_line(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(sys, "argv", ["harness", "trainer.device=cuda", f"paths.runs={tmp_path}"])
