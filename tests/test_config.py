@@ -96,6 +96,11 @@ def test_help_lists_what_a_user_picks_from_without_importing_torch(tmp_path):
     assert "depth_residual: He et al. 2016, Fig. 6: plain nets degrade with depth, residual nets do not." in text
     assert "-m +experiment=NAME" in text and "Without -m a value with a comma is refused." in text
 
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "harness.runs", "--help"], capture_output=True,
+                            text=True, timeout=60, cwd=conf.parent)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert result.returncode == 0 and "resume" in result.stdout and not {"torch", "mlflow", "hydra"} & imported
+
 
 def test_several_values_without_m_say_to_add_it(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(sys, "argv", ["harness", "model.depth=8,20", "data=synthetic", f"paths.runs={tmp_path}"])
