@@ -109,6 +109,7 @@ def test_unreachable_or_missing_file_says_where_to_put_it(tmp_path, http_server)
         ensure_cifar10(root, f"{base}/nothing-here.tar.gz", "0" * 32, download=True)
     message = str(error.value)
     assert str(root) in message and "cifar-10-python.tar.gz" in message
+    assert "offline, data=synthetic (generated images) or data=imagefolder data.root=DIR" in message
     assert "\n" not in message
     assert not root.exists() or list(root.iterdir()) == []
     with pytest.raises(DataError, match="downloads are off"):

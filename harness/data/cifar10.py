@@ -116,8 +116,8 @@ def _download_and_extract(root: Path, url: str, md5: str) -> None:
 
 def _missing_message(root: Path, reason: str) -> str:
     return (
-        f"CIFAR-10 not found in {root} ({reason}): put {ARCHIVE} or its extracted {FOLDER}/ there, "
-        "or choose another folder or dataset"
+        f"CIFAR-10 not found in {root} ({reason}): put {ARCHIVE} or its extracted {FOLDER}/ there; "
+        "offline, data=synthetic (generated images) or data=imagefolder data.root=DIR (DIR/train/<class>/*.png)"
     )
 
 
