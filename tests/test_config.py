@@ -192,3 +192,15 @@ def test_a_typo_in_a_config_file_without_a_schema_lists_the_keys_it_has(monkeypa
         main()
     assert exit_status.value.code == 2 and not (tmp_path / "runs").exists()
     assert capsys.readouterr().err.strip() == "error: optim.lrr: Key 'lrr' is not in struct (allowed keys: lr, weight_decay)"
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (["data.test_subset=-1"], "data.test_subset=-1 must be at least 0"),
+    (["data=synthetic", "data.test_subset=2000"], "data.test_subset=2000 must be at most data.test_size=1024"),
+])
+def test_a_bad_test_subset_is_one_line(overrides, says, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["harness", *overrides, f"paths.runs={tmp_path}"])
+    with pytest.raises(SystemExit) as exit_status:
+        main()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_status.value.code == 2 and len(lines) == 1 and says in lines[0], lines

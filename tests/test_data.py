@@ -151,3 +151,22 @@ def test_a_training_subset_is_class_balanced_seeded_and_leaves_val_and_test_alon
     assert torch.equal(part.mean, channel_stats(part.train_x)[0])  # normalised by what it trains on
     with pytest.raises(DataError, match="training subset of 449"):
         synthetic(train_subset=449)
+
+
+def test_a_test_subset_is_class_balanced_and_leaves_training_alone():
+    full = synthetic()
+    part = synthetic(test_subset=40)
+    assert len(part.test_x) == 40 and torch.equal(part.train_x, full.train_x) and torch.equal(part.val_x, full.val_x)
+    assert torch.bincount(part.test_y, minlength=8).tolist() == [5] * 8
+    rows = {bytes(x.numpy().tobytes()): int(y) for x, y in zip(full.test_x, full.test_y)}
+    assert all(rows[bytes(x.numpy().tobytes())] == int(y) for x, y in zip(part.test_x, part.test_y))
+    with pytest.raises(DataError, match="test subset of 129 images: must be between 1 and the 128 test images"):
+        synthetic(test_subset=129)
+
+
+def test_trainer_try_validates_and_tests_on_small_slices_of_real_data():
+    from conftest import compose_config
+
+    cfg = compose_config("trainer=try", "data=imagefolder", "data.root=/somewhere")
+    assert (cfg.data.val_size, cfg.data.test_subset, cfg.trainer.steps) == (500, 1000, 60)
+    assert cfg.probes.shift.images == compose_config("trainer=smoke").probes.shift.images  # probes=smoke

@@ -132,6 +132,9 @@ def _check_data(d):
     if "image_size" in d and not 12 <= d.image_size <= 256:
         fail(d, "image_size", "must be between 12 and 256 pixels")
     at_least(d, "train_subset", 0)
+    at_least(d, "test_subset", 0)
+    if "test_size" in d and d.test_subset > d.test_size:
+        fail(d, "test_subset", f"must be at most data.test_size={d.test_size} (0: all of them)")
     for key in ("train_size", "test_size"):
         if key in d:
             at_least(d, key, 1)

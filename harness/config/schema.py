@@ -26,6 +26,7 @@ class DataConfig:
     val_size: float = 0  # a count of training images, or a fraction of them below 1
     split_seed: int = 0
     train_subset: int = 0  # 0: all training images; else this many, the same number per class
+    test_subset: int = 0  # 0: the whole test set; else this many, the same number per class
 
 
 @dataclass

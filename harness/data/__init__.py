@@ -40,13 +40,15 @@ class Splits:
 class DataSource:
     """val_size: a count of training images held out for validation, or a fraction of them
     below 1; train_subset: if not 0, train on only this many of the rest, the same number per
-    class; split_seed fixes which images, independently of the training seed."""
+    class; test_subset: likewise, test on only this many; split_seed fixes which images,
+    independently of the training seed."""
 
     IMAGE_SIZE = None  # the images' side in pixels, where it is known before reading
     TRAIN_SIZE = None  # the training images before the validation split, where known before reading
 
-    def __init__(self, val_size: float = 0, split_seed: int = 0, train_subset: int = 0):
+    def __init__(self, val_size: float = 0, split_seed: int = 0, train_subset: int = 0, test_subset: int = 0):
         self.val_size, self.split_seed, self.train_subset = val_size, split_seed, train_subset
+        self.test_subset = test_subset
 
     def read(self):
         """(train_x, train_y, test_x, test_y, classes)"""
@@ -58,6 +60,9 @@ class DataSource:
         if self.train_subset:
             keep = class_balanced(train_y, self.train_subset, self.split_seed)
             train_x, train_y = train_x[keep], train_y[keep]
+        if self.test_subset:
+            keep = class_balanced(test_y, self.test_subset, self.split_seed, "test")
+            test_x, test_y = test_x[keep], test_y[keep]
         mean, std = channel_stats(train_x)
         return Splits(train_x, train_y, val_x, val_y, test_x, test_y, list(classes), mean, std)
 
@@ -73,17 +78,17 @@ def hold_out(x, y, val_size: float, seed: int):
     return x[train], y[train], x[val], y[val]
 
 
-def class_balanced(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+def class_balanced(labels: torch.Tensor, count: int, seed: int, split: str = "training") -> torch.Tensor:
     """Indices of `count` labels, as equal a number per class as the classes allow (the first
     classes get one more when count does not divide), drawn at random within each class."""
     classes, sizes = labels.unique(return_counts=True)
     if not 0 < count <= len(labels):
-        raise DataError(f"a training subset of {count} images: must be between 1 and the {len(labels)} training images")
+        raise DataError(f"a {split} subset of {count} images: must be between 1 and the {len(labels)} {split} images")
     share = torch.full((len(classes),), count // len(classes))
     share[: count % len(classes)] += 1
     if (share > sizes).any():
-        raise DataError(f"a class-balanced training subset of {count} images: a class has only "
-                        f"{sizes.min().item()} training images")
+        raise DataError(f"a class-balanced {split} subset of {count} images: a class has only "
+                        f"{sizes.min().item()} {split} images")
     generator = torch.Generator().manual_seed(seed)
     chosen = [torch.nonzero(labels == c).flatten()[torch.randperm(int(n), generator=generator)[:k]]
               for c, n, k in zip(classes, sizes, share)]
