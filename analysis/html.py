@@ -26,9 +26,11 @@ pre { background: #f6f8fa; padding: 1em; overflow-x: auto; font-size: 0.8em; }
 
 
 def write_html(path: Path, title: str, intro: str, folder: Path, drawn: dict, skipped: dict, claims_rule: str,
-               claims: pd.DataFrame, summary: pd.DataFrame, runs: list, run_url, config: str | None) -> None:
-    """drawn: {figure stem: caption} of the PNGs in `folder`; runs: (name, run id) in the order
-    of the summary; run_url(run_id): the run's page in the MLflow UI."""
+               claims: pd.DataFrame, flow: list, summary: pd.DataFrame, runs: list, run_url, config: tuple) -> None:
+    """drawn: {figure stem: caption} of the PNGs in `folder`; flow: the Gradient flow section's
+    Markdown lines (claims.gradient_flow_markdown; [] where none); runs: (name, run id) in the
+    order of the summary; run_url(run_id): the run's page in the MLflow UI; config: (the first
+    job's name, its resolved config, what the others differ in), or None."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>",
              f"<style>{STYLE}</style></head><body>", f"<h1>{_e(title)}</h1>", f"<p>{_e(intro)}</p>"]
     if not claims.empty:
@@ -48,15 +50,39 @@ def write_html(path: Path, title: str, intro: str, folder: Path, drawn: dict, sk
                      f"<figcaption>{_e(caption)}</figcaption></figure>")
     if skipped:
         parts.append("<p>Not drawn:</p><ul>" + "".join(f"<li>{_e(n)}: {_e(w)}</li>" for n, w in skipped.items()) + "</ul>")
+    parts += _markdown_section(flow)
     parts += ["<h2>Runs</h2>", _table(list(summary.drop(columns="run_id").columns), [
         [f"<a href='{_e(run_url(run_id))}' target='_top'>{_e(name)}</a>", *[_cell(v) for v in row]]
         for (name, run_id), row in zip(runs, summary.drop(columns=["run_id", "run"]).itertuples(index=False))],
         raw_column=0)]
     if config:
-        parts += ["<h2>Config</h2>", "<p>The first job's resolved config (each job differs in its swept values).</p>",
-                  f"<pre>{_e(config)}</pre>"]
+        name, text, differences = config
+        parts += ["<h2>Config</h2>", f"<p>The resolved config of the first job, {_e(name)}. "
+                  f"{_e(differences)}</p>", f"<pre>{_e(text)}</pre>"]
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
+
+
+def _markdown_section(lines: list) -> list:
+    """The few Markdown forms a report section uses (a heading, paragraphs, a list, `code`) as HTML."""
+    parts, items = [], []
+    for line in [*lines, ""]:
+        if line.startswith("- "):
+            items.append(f"<li>{_code(line[2:])}</li>")
+            continue
+        if items:
+            parts.append("<ul>" + "".join(items) + "</ul>")
+            items = []
+        if line.startswith("## "):
+            parts.append(f"<h2>{_e(line[3:])}</h2>")
+        elif line:
+            parts.append(f"<p>{_code(line)}</p>")
+    return parts
+
+
+def _code(text: str) -> str:
+    """Escaped text, its `spans` as <code>."""
+    return "".join(f"<code>{_e(piece)}</code>" if i % 2 else _e(piece) for i, piece in enumerate(text.split("`")))
 
 
 def _table(header: list, rows: list, raw_column: int | None = None) -> str:

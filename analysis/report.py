@@ -70,7 +70,7 @@ def write_report(client, uri, selection, out_dir: Path, ui_url: str) -> dict:
     runs = runs_frame(selection.runs)
     history = histories_frame(client, uri, selection.runs)
     layers = layer_tables(client, selection.runs)
-    config = _first_config(client, selection.runs)
+    config = _first_config(client, selection.runs, runs)
     left_out = ", ".join(f"{r.run_name} ({r.status.lower()})" for r in runs[~finished(runs)].itertuples())
     studies = all_studies.of_preset(selection.preset)
     try:
@@ -87,8 +87,9 @@ def write_report(client, uri, selection, out_dir: Path, ui_url: str) -> dict:
             drawn_flow = flow[flow["run_id"].isin(runs.loc[finished(runs), "run_id"])] if len(flow) else flow
             (build / "index.md").write_text(_index(selection, intro, drawn, skipped, table, drawn_flow, claims))
             experiments = {r.info.run_id: r.info.experiment_id for r in selection.runs}
+            flow_lines = gradient_flow_markdown(drawn_flow) if not drawn_flow.empty else []
             write_html(build / "report.html", f"Report: {selection.name}", intro, build, drawn, skipped,
-                       RULE.replace("*", ""), claims, table, list(zip(table["run"], table["run_id"])),
+                       RULE.replace("*", ""), claims, flow_lines, table, list(zip(table["run"], table["run_id"])),
                        lambda run_id: f"{ui_url.rstrip('/')}/#/experiments/{experiments[run_id]}/runs/{run_id}"
                                       f"?{contract.UI_MODEL_TRAINING}",
                        config)
@@ -180,14 +181,33 @@ def _intro(selection, left_out: str) -> str:
             + (f". The figures draw the finished runs only; left out: {left_out}." if left_out else ""))
 
 
-def _first_config(client, runs) -> str | None:
-    """The resolved config of the first run that logged one."""
-    for run in runs:
+def _first_config(client, runs, frame: pd.DataFrame) -> tuple | None:
+    """(name, resolved config, what the other jobs differ in) of the first job by job number
+    that logged its config; frame: the runs as runs_frame reads them."""
+    varied = {c[len("param."):]: sorted(frame[c].astype(str).unique(), key=_numbers_first)
+              for c in frame.columns if c.startswith("param.") and frame[c].astype(str).nunique() > 1}
+    differences = ("The others differ in " + "; ".join(f"{key} ({', '.join(values)})" for key, values in varied.items())
+                   + "." if varied else "The others have the same config.")
+    for run in sorted(runs, key=_job_number):
         try:
-            return Path(client.download_artifacts(run.info.run_id, "config_resolved.yaml")).read_text()
+            text = Path(client.download_artifacts(run.info.run_id, "config_resolved.yaml")).read_text()
         except (MlflowException, OSError):
             continue
+        return run.info.run_name, text, differences
     return None
+
+
+def _numbers_first(value: str):
+    """Numbers by value (8 before 14), then words."""
+    try:
+        return 0, float(value), ""
+    except ValueError:
+        return 1, 0.0, value
+
+
+def _job_number(run) -> int:
+    value = run.data.tags.get(contract.JOB_NUM, "")
+    return int(value) if value.isdigit() else 1 << 62  # a job number from the store may be anything
 
 
 def _index(selection, intro: str, drawn: dict, skipped: dict, table: pd.DataFrame, flow: pd.DataFrame,

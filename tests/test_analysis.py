@@ -104,6 +104,7 @@ def test_report_html_shows_every_figure_in_a_browser_from_disk(depth_bn_store, t
             shown: i.getBoundingClientRect().width * i.getBoundingClientRect().height}))""")
         links = page.evaluate("() => Array.from(document.querySelectorAll('a')).map(a => [a.textContent, a.href])")
         headings = page.evaluate("() => Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
+        config = page.evaluate("() => Array.from(document.querySelectorAll('h2')).pop().nextElementSibling.textContent")
         browser.close()
     assert sorted(i["id"] for i in images) == drawn
     assert all(i["complete"] and (i["width"], i["height"]) == (FIGSIZE[0] * DPI, FIGSIZE[1] * DPI) and i["shown"] > 100_000
@@ -113,7 +114,13 @@ def test_report_html_shows_every_figure_in_a_browser_from_disk(depth_bn_store, t
     expected = {(r.info.run_name, f"http://127.0.0.1:5999/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}"
                                   "?workflowType=machine_learning") for r in runs}
     assert set(map(tuple, links)) == expected
-    assert headings == ["Claims", "Figures", "Runs", "Config"]
+    # every section of index.md (its Summary is the Runs table), and the first job's config by job number
+    index = [line[3:] for line in (out / "index.md").read_text().splitlines() if line.startswith("## ")]
+    assert index == ["Claims", "Figures", "Gradient flow", "Summary"]
+    assert headings == ["Claims", "Figures", "Gradient flow", "Runs", "Config"]
+    first = min(runs, key=lambda r: int(r.data.tags["job_num"]))
+    assert config.startswith(f"The resolved config of the first job, {first.info.run_name}. The others differ in ")
+    assert "model.batchnorm (False, True)" in config and "model.depth (8, 14)" in config
 
 
 def test_the_results_page_shows_the_claims_of_its_sweep(depth_bn_store, tmp_path):
