@@ -38,10 +38,10 @@ def test_lagged_value_on_a_cpu_is_the_latest():
     assert value.value == 2.5
 
 
-def run_in_terminal(args, runs_dir, timeout=300):
-    """The CLI with stdin/stdout/stderr on a pseudo-terminal of 24 x 120; everything it printed."""
+def run_in_terminal(args, runs_dir, timeout=300, columns=120):
+    """The CLI with stdin/stdout/stderr on a pseudo-terminal of 24 x `columns`; everything it printed."""
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     command = [sys.executable, "-m", "harness", *args, f"paths.runs={runs_dir}", f"tracking.uri={local_store(runs_dir)}"]
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)
@@ -72,6 +72,13 @@ def test_a_terminal_gets_a_bar_that_moves_between_log_points(tmp_path):
     assert any("loss " in frame for frame in frames)  # the first window's loss, once it is read
     for phase in ("validation on 512 images", "final test on 1,024 images", "invariance scores on 64 test images"):
         assert phase in output
+
+
+def test_a_terminal_of_width_0_gets_the_lines_a_log_file_gets(tmp_path):
+    """`script` to a file gives a terminal 0 columns wide: no bar can show there."""
+    output = run_in_terminal([*SMOKE, "trainer.steps=200", "trainer.progress_every=0.5"], tmp_path / "runs", columns=0)
+    assert "steps [" not in output
+    assert len([line for line in output.splitlines() if "/200, epoch 1/" in line and "img/s" in line]) >= 2, output
 
 
 def test_without_a_terminal_a_line_every_few_seconds(tmp_path):

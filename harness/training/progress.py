@@ -1,5 +1,6 @@
 """What a job is doing, for whoever watches it: on a terminal a tqdm bar over the job's steps,
-without one (a log file, a cluster job) a log line every few seconds, with the same facts:
+without one (a log file, a cluster job, a terminal of width 0, jobs running at once under
+joblib) a log line every few seconds, with the same facts:
 step, epoch, images per second, the ETA of the epoch and of the job, the training loss of
 the last log window; and a line as each validation, probe scoring and final test begins.
 
@@ -9,6 +10,8 @@ blocking at each log point and shown once the copy has landed, so it may lag a w
 """
 
 import logging
+import multiprocessing
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -52,7 +55,7 @@ class Progress:
         self.label, self.total, self.per_epoch, self.batch = label, total_steps, steps_per_epoch, batch_size
         self.stream = stream or sys.stderr
         self.quiet = label is None
-        self.terminal = self.stream.isatty() and not self.quiet
+        self.terminal = not self.quiet and _own_terminal(self.stream)
         self.every_s = 0 if self.quiet else every_s
         self.loss = LaggedValue(device)
         self.step = self.started_at_step = 0
@@ -130,6 +133,17 @@ class Progress:
             self.bar.close()
             self._redirect.__exit__(None, None, None)
             self.bar = None
+
+
+def _own_terminal(stream) -> bool:
+    """A terminal a bar can be drawn on: it has a width (`script` to a file gives one of 0), and
+    this job is not one of several a joblib launcher runs at once, whose bars would share a line
+    (those jobs print labelled lines instead)."""
+    try:
+        width = os.get_terminal_size(stream.fileno()).columns if stream.isatty() else 0
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's StringIO)
+        width = 0
+    return width > 0 and not multiprocessing.current_process().name.startswith("LokyProcess")
 
 
 def _clock(seconds: float) -> str:
