@@ -1,6 +1,7 @@
 """Statements about a study computed from its runs, never asserted: each says what was measured,
 on which runs, and what the numbers say by a rule stated with it."""
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -101,11 +102,23 @@ def convergence(history: pd.DataFrame) -> pd.DataFrame:
         before = (spent > spent.max() * (1 - 2 * FINAL_WINDOW)) & ~last
         latest, previous = loss.loc[last, "value"].mean(), loss.loc[before, "value"].mean()
         change = abs(previous - latest) / previous if before.any() and previous > 0 else math.nan
-        final = loss.loc[loss["step"] > end * (1 - FINAL_WINDOW), "value"].mean()  # the quantity: by steps
-        rows.append({"run_id": run_id, "final_train_loss": final, "loss_change": change,
+        def window(at):  # the quantity: the mean over the FINAL_WINDOW of steps up to `at` of them
+            return loss.loc[(loss["step"] > end * (at - FINAL_WINDOW)) & (loss["step"] <= end * at), "value"].mean()
+
+        rows.append({"run_id": run_id, "final_train_loss": window(1.0), "loss_change": change,
                      "converged": bool(change < CONVERGED_CHANGE),
-                     "final_train_acc": acc.loc[acc["step"] > end * (1 - FINAL_WINDOW), "value"].mean()})
-    return pd.DataFrame(rows, columns=["run_id", "final_train_loss", "loss_change", "converged", "final_train_acc"])
+                     "final_train_acc": acc.loc[acc["step"] > end * (1 - FINAL_WINDOW), "value"].mean(),
+                     **{_earlier("final training loss", at): window(at) for at in EARLIER}})
+    return pd.DataFrame(rows, columns=["run_id", "final_train_loss", "loss_change", "converged", "final_train_acc",
+                                       *[_earlier("final training loss", at) for at in EARLIER]])
+
+
+EARLIER = (0.5, 0.75)  # where a comparison is read again, as fractions of the steps: see _settled
+
+
+def _earlier(quantity: str, at: float) -> str:
+    """The column of a quantity read at an earlier point of training."""
+    return f"{quantity} at {at:.0%}"
 
 
 def training_spent(steps: pd.Series, lr: pd.DataFrame) -> pd.Series:
@@ -267,10 +280,15 @@ def _judge(claim: Claim, runs: pd.DataFrame):
     if any(len(v) == 0 for v in values):
         return {**result, "verdict": NO_RUN, "why": "no usable run in an arm: " + _names(lost)}
     unconverged = involved[involved["usable"] & (involved["converged"] != True)]  # noqa: E712
+    settled = None
     if claim.trained and not unconverged.empty:
-        return {**result, "verdict": TOO_SHORT, "why": "not converged: " + ", ".join(
+        named = "not converged: " + ", ".join(
             f"{r.run_name} (loss changed {r.loss_change:.0%})" if pd.notna(r.loss_change)
-            else f"{r.run_name} (too few logged steps)" for r in unconverged.itertuples())}
+            else f"{r.run_name} (too few logged steps)" for r in unconverged.itertuples())
+        earlier = _settled(claim, arms, runs)
+        if earlier is None:
+            return {**result, "verdict": TOO_SHORT, "why": named}
+        settled = (named, *earlier)
     margin = claim.margin * abs(values[1].mean()) if claim.relation == "<=" else 0.0
     interval = _interval(claim, values, arms, margin)
     if interval is not None and claim.trained and interval.low == interval.high:
@@ -284,18 +302,55 @@ def _judge(claim: Claim, runs: pd.DataFrame):
                 "why": f"the arms' difference {_sig(point)} is {side}, with {spread} to judge it by: sweep "
                        f"{'trainer.seed' if any(single) else 'more seeds'}{left_out}"}
     numbers = {"difference": interval.difference, "low": interval.low, "high": interval.high, "margin": margin}
-    if _claimed(interval.low, interval.high, claim.relation, margin):
-        verdict, why = HOLDS, f"the {intervals.CONFIDENCE:.0%} interval lies on the claimed side"
-    elif _claimed(interval.low, interval.high, _OTHER[claim.relation], margin):
-        verdict, why = DOES_NOT_HOLD, f"the {intervals.CONFIDENCE:.0%} interval lies on the other side"
-    else:
-        verdict, why = INCONCLUSIVE, (f"the {intervals.CONFIDENCE:.0%} interval reaches both sides of {_sig(margin)}: "
-                                      f"at this spread, n={interval.n_a or '-'}/{interval.n_b or '-'} tells only a "
-                                      f"difference beyond {_sig(interval.half_width)}")
+    verdict = _verdict(interval, claim.relation, margin)
+    why = {HOLDS: f"the {intervals.CONFIDENCE:.0%} interval lies on the claimed side",
+           DOES_NOT_HOLD: f"the {intervals.CONFIDENCE:.0%} interval lies on the other side",
+           INCONCLUSIVE: f"the {intervals.CONFIDENCE:.0%} interval reaches both sides of {_sig(margin)}: at this "
+                         f"spread, n={interval.n_a or '-'}/{interval.n_b or '-'} tells only a difference beyond "
+                         f"{_sig(interval.half_width)}"}[verdict]
+    if settled:
+        named, points, before = settled
+        if verdict != before:
+            return {**result, **numbers, "verdict": TOO_SHORT,
+                    "why": f"{named}; the verdict moved: {before} at {points}, {verdict} at the end"}
+        why += f"; {named}, but the verdict was the same at {points} (the comparison has settled)"
     return {**result, **numbers, "verdict": verdict, "why": why + left_out}
 
 
+def _settled(claim: Claim, arms: list, runs: pd.DataFrame) -> tuple | None:
+    """Where not every compared run converged, whether the comparison may have settled all the
+    same: the verdict, read from the same runs at each EARLIER point of their training (the
+    window of steps before it), is the same definite one each time: (`50% and 75% of training`,
+    that verdict), which the verdict at the end must match; None if it moved, was not definite,
+    or the quantity has no earlier reading. Both arms anneal alike, so a schedule that flattens
+    every curve cannot make a comparison look settled that was not."""
+    verdicts = set()
+    for at in EARLIER:
+        column = _earlier(claim.quantity, at)
+        if column not in runs:
+            return None
+        earlier = dataclasses.replace(claim, quantity=column)
+        values = [_values(arm, earlier) for arm in arms]
+        if any(len(v) < 2 for v, arm in zip(values, arms) if isinstance(arm, pd.DataFrame)):
+            return None
+        margin = claim.margin * abs(values[1].mean()) if claim.relation == "<=" else 0.0
+        interval = _interval(claim, values, arms, margin)
+        if interval is None or interval.low == interval.high:
+            return None
+        verdicts.add(_verdict(interval, claim.relation, margin))
+    if len(verdicts) != 1 or verdicts & {INCONCLUSIVE}:
+        return None
+    return f"{' and '.join(f'{at:.0%}' for at in EARLIER)} of training", verdicts.pop()
+
+
 _OTHER = {">": "<=", "<=": ">"}
+
+
+def _verdict(interval: intervals.Interval, relation: str, margin: float) -> str:
+    """Where the interval of a - b lies: on the claimed side, on the other, or across."""
+    if _claimed(interval.low, interval.high, relation, margin):
+        return HOLDS
+    return DOES_NOT_HOLD if _claimed(interval.low, interval.high, _OTHER[relation], margin) else INCONCLUSIVE
 
 
 def _interval(claim: Claim, values: list, arms: list, margin: float) -> intervals.Interval | None:
@@ -389,7 +444,9 @@ RULE = (f"Each claim compares two arms in one measured quantity: an arm's value 
         f"has not converged: its training loss changed by {CONVERGED_CHANGE:.0%} or more between the last "
         f"{FINAL_WINDOW:.0%} of its training and the {FINAL_WINDOW:.0%} before, training counted in learning rate "
         "spent (the lr summed over steps), so that a schedule annealing the lr to 0 cannot flatten it, and in steps "
-        f"where the lr was constant over the last {2 * FINAL_WINDOW:.0%} of them. Claims "
+        f"where the lr was constant over the last {2 * FINAL_WINDOW:.0%} of them; unless the comparison has "
+        f"settled: for the training loss, the same definite verdict read from the same runs at "
+        f"{' and '.join(f'{at:.0%}' for at in EARLIER)} of their steps and at the end (the runs are named). Claims "
         "about the initialisation need no convergence, and count a run that diverged later: its step-0 value was "
         f"measured before. An invariance score counts only from a net above chance: a run whose accuracy on the scored "
         f"sample is within {CHANCE_ERRORS} binomial standard errors of chance (1 / classes) is left out, named "

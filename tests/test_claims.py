@@ -356,3 +356,27 @@ def test_the_results_page_notes_a_verdict_against_the_literature():
     assert lines[0].startswith("Literature: He et al. 2016") and len(lines) == 3
     assert lines[1].startswith(f"- **Disagrees with the literature**: *{PLAIN_DEGRADES}* does not hold here")
     assert "these runs trained 15 epochs of 10000 images" in lines[1]
+
+
+def test_a_comparison_that_settled_is_judged_though_its_runs_still_learn():
+    """Every run's loss still falls 3% a point (none converged), but plain-56 sits above plain-20
+    at 50%, 75% and 100% of training by Welch's interval each time: the verdict stands, and the
+    runs are named. Where the order flips late, the verdict moved: budget too short."""
+    p20 = {f"p20s{s}": falling(1.0 + 0.01 * s) for s in range(3)}
+    p56 = {f"p56s{s}": falling(1.5 + 0.01 * s) for s in range(3)}
+    verdict, table = depth_study({**p20, **p56})
+    assert verdict[PLAIN_DEGRADES] == HOLDS
+    why = table.loc[PLAIN_DEGRADES, "why"]
+    assert why.startswith("the 95% interval lies on the claimed side; not converged: p56s0 (loss changed ")
+    assert why.endswith("but the verdict was the same at 50% and 75% of training (the comparison has settled)")
+    # the windows the earlier verdicts read: steps 81-100 and 131-150 of 200
+    measured = measures(pd.concat([history(n, l) for n, l in {**p20, **p56}.items()]),
+                        pd.DataFrame([run(n, int(n[1:3]), False, int(n[-1])) for n in {**p20, **p56}]), EMPTY_LAYERS)
+    at_half = measured.set_index("run_id")["final training loss at 50%"]
+    assert at_half["p56s0"] == pytest.approx(np.mean(falling(1.5)[8:10]))
+
+    crossing = {name: loss[:15] + [loss[14] * 0.5] * 5 if name.startswith("p56") else loss  # p56 drops below late
+                for name, loss in {**p20, **p56}.items()}
+    verdict, table = depth_study(crossing)
+    assert verdict[PLAIN_DEGRADES] == TOO_SHORT
+    assert "the verdict moved: holds at 50% and 75% of training, does not hold at the end" in table.loc[PLAIN_DEGRADES, "why"]
