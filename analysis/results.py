@@ -109,12 +109,18 @@ def _provenance(parent, runs) -> str:
     outcomes = pd.Series([r.data.tags.get(contract.OUTCOME, r.info.status.lower()) for r in runs]).value_counts()
     wall = "still running"
     if parent is not None and parent.info.end_time:
-        minutes, seconds = divmod(round((parent.info.end_time - parent.info.start_time) / 1000), 60)
-        wall = f"{minutes} min {seconds} s"
+        wall = _duration(parent.info.end_time - parent.info.start_time)
+    trained = _duration(sum(r.info.end_time - r.info.start_time for r in runs if r.info.end_time))
     commit = tags.get("git_commit", "unknown")[:7] + (" (uncommitted changes)" if tags.get("git_dirty") == "true" else "")
     return (f"`{_code(command)}`: {len(runs)} jobs ({', '.join(f'{n} {o}' for o, n in outcomes.items())}), "
-            f"{wall} wall time on {'; '.join(_code(d) for d in devices)}; harness {_code(commit)}, sweep "
+            f"{wall} wall time (the jobs' runs {trained} together) on {'; '.join(_code(d) for d in devices)}; harness "
+            f"{_code(commit)}, sweep "
             f"`{_code(tags.get(contract.SWEEP_ID, '?'))}`.")
+
+
+def _duration(milliseconds: int) -> str:
+    minutes, seconds = divmod(round(milliseconds / 1000), 60)
+    return f"{minutes} min {seconds} s"
 
 
 def _literature(study, rows: pd.DataFrame, runs) -> list:

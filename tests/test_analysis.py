@@ -143,7 +143,7 @@ def test_the_results_page_shows_the_claims_of_its_sweep(depth_bn_store, tmp_path
         assert f"| {row.a} | {row.relation} | {row.b} |" in line and f"| **{row.verdict}** | {row.why} |" in line
     assert ("`python -m harness -m +experiment=batchnorm model.depth=8,14 model.residual=true trainer.seed=0 "
             "probes.landscape.every=4 data=synthetic") in text
-    assert "4 jobs (4 finished)" in text and " s wall time on cpu (" in text
+    assert "4 jobs (4 finished)" in text and " s wall time (the jobs' runs " in text and " s together) on cpu (" in text
     figure = f"results/{sweep.replace('/', '_')}-7_landscape.png"
     assert f"]({figure})" in text and (tmp_path / "docs" / figure).is_file()
     assert "Literature: Ioffe and Szegedy 2015" in text
