@@ -108,9 +108,11 @@ def _verdicts_on_parent(client, parent, claims: pd.DataFrame) -> None:
     what the sweep said of itself), and the table as an MLflow table beside the report."""
     if claims.empty:
         return
-    lines = [f"- {r.claim}{f' ({r.where})' if r.where else ''}: **{r.verdict}**"
-             + ("" if interval_text(r._asdict()) == "-" else f", A - B = {interval_text(r._asdict())}")
-             for r in claims.itertuples()]
+    lines = []
+    for r in claims.itertuples():
+        numbers = interval_text(r._asdict())
+        lines.append(f"- {r.claim}{f' ({r.where})' if r.where else ''}: **{r.verdict}**"
+                     + ("" if numbers == "-" else f", A - B = {numbers}"))
     sweep_said = parent.data.tags.get(contract.NOTE, "").split(contract.VERDICTS)[0]
     note = f"{sweep_said}{contract.VERDICTS}(`python -m analysis`)\n\n" + "\n".join(lines)
     client.set_tag(parent.info.run_id, contract.NOTE, note[:NOTE_LIMIT])

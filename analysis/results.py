@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.cli import PROJECT_ROOT, guarded, ui_address
+from harness.files import write_atomically
 
 DEFAULT_PAGE = PROJECT_ROOT / "docs" / "results.md"
 
@@ -52,7 +53,7 @@ def _results(args) -> int:
     with swapped_in(figure_folder) as folder:
         for name, source in figures.items():
             shutil.copyfile(source, folder / name)
-        _write_atomically(args.out, page(args.sweep, sections))
+        write_atomically(args.out, page(args.sweep, sections))
     print(f"results of {len(args.sweep)} sweeps: {args.out}")
     return 0
 
@@ -156,16 +157,6 @@ def _code(text: str) -> str:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")[:80] or "sweep"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        partial.write_text(text)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ status still reports failures.
 import contextlib
 import json
 import logging
-import multiprocessing
 import os
 import signal
 import sys
@@ -44,7 +43,7 @@ from harness.files import WriteError, reason
 from harness.models.resnet import count_parameters
 from harness.training.optim import build_optimizer, build_scheduler
 from harness.probes import Probes
-from harness.jobs.processes import IN_USE, InUse, age, die_with_parent, hold
+from harness.jobs.processes import IN_USE, InUse, age, die_with_parent, hold, in_joblib_worker
 from harness.jobs.sweep import JOBS_FILE, expand_sweep, read_parent, stop_signal
 from harness.tracking.store import (STORE_ERRORS, JobRun, TrackingError, device_name, from_the_store, job_name,
                                     open_experiment)
@@ -239,10 +238,6 @@ def _label(job: JobInfo, parent: dict | None) -> str:
     jobs = job.sweep_dir / JOBS_FILE
     total = len(json.loads(jobs.read_text())) if jobs.is_file() else "?"  # a sweep from before jobs.json
     return f"job {job.num + 1}/{total} {job_name(job.overrides, parent['swept'])}"
-
-
-def in_joblib_worker() -> bool:
-    return multiprocessing.current_process().name.startswith("LokyProcess")
 
 
 def _open_run(client, experiment_id, cfg, job: JobInfo, parent) -> JobRun:

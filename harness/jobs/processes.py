@@ -5,6 +5,7 @@ work in a job or sweep folder (hold)."""
 
 import contextlib
 import ctypes
+import multiprocessing
 import os
 import signal
 import socket
@@ -108,3 +109,8 @@ def holder(folder: Path) -> str | None:
         return (folder / HOLDER_FILE).read_text().strip()[:200] or "another process"
     except OSError:
         return "another process"  # it has just taken the lock and not yet written its name
+
+
+def in_joblib_worker() -> bool:
+    """Whether this process is one of the workers a joblib launcher runs jobs in."""
+    return multiprocessing.current_process().name.startswith("LokyProcess")

@@ -186,15 +186,15 @@ def _in_order(value: str):
 
 
 def log_summary(client, run_id: str, params: dict, metrics: dict, note: str) -> None:
-    """The metrics at step 0 and the description, then the params in batches MLflow accepts (100 each)."""
+    """The metrics at step 0 and the description, then the params (MlflowClient.log_batch splits
+    them into requests the store accepts): last, because a resumed sweep's swept values may have
+    grown, and a param keeps its first value."""
     from mlflow.entities import Metric, Param
 
     stamp = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(key, value, stamp, 0) for key, value in metrics.items()],
                      tags=[RunTag(contract.NOTE, redact(note))])
-    items = [Param(key, redact(str(value))[:6000]) for key, value in params.items()]
-    for start in range(0, len(items), 100):  # last: a resumed sweep's swept values may have grown, and a
-        client.log_batch(run_id, params=items[start:start + 100])  # param keeps its first value
+    client.log_batch(run_id, params=[Param(key, redact(str(value))[:6000]) for key, value in params.items()])
 
 
 def ui_address(info: dict) -> str:

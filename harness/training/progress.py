@@ -10,7 +10,6 @@ blocking at each log point and shown once the copy has landed, so it may lag a w
 """
 
 import logging
-import multiprocessing
 import os
 import sys
 import time
@@ -19,6 +18,8 @@ from contextlib import contextmanager
 import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
+
+from harness.jobs.processes import in_joblib_worker
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def _own_terminal(stream) -> bool:
         width = os.get_terminal_size(stream.fileno()).columns if stream.isatty() else 0
     except (OSError, ValueError, AttributeError):  # no file descriptor (a test's StringIO)
         width = 0
-    return width > 0 and not multiprocessing.current_process().name.startswith("LokyProcess")
+    return width > 0 and not in_joblib_worker()
 
 
 def _clock(seconds: float) -> str:
