@@ -12,7 +12,7 @@ from mlflow.artifacts import download_artifacts
 from harness.app import main
 from harness.config import make_model
 
-from conftest import all_runs, compose_config, run_cli
+from conftest import PROJECT_ROOT, all_runs, compose_config, run_cli
 
 # (overrides, what the one line must say): values a new user typed, each once a traceback
 # or silently accepted
@@ -172,7 +172,7 @@ def test_a_recipe_is_one_file_and_a_group_named_on_the_command_line_wins():
     assert fast_adam.schedule._target_ == "harness.training.optim.OneCycle" and fast_adam.trainer.epochs == 5
 
 
-@pytest.mark.parametrize("trainer", ["smoke", "cpu"])
+@pytest.mark.parametrize("trainer", ["smoke", "cpu", "cpu56"])
 def test_probes_off_wins_over_a_trainer_preset(trainer):
     """The smoke and cpu presets pick smaller probes; a probes= choice on the command line wins."""
     for order in ([f"trainer={trainer}", "probes=off"], ["probes=off", f"trainer={trainer}"]):
@@ -180,6 +180,29 @@ def test_probes_off_wins_over_a_trainer_preset(trainer):
         assert (probes.shift.images, probes.shift.val_images, probes.grad_norms.every, list(probes.invariance.families)) \
             == (0, 0, 0, [])
     assert compose_config(f"trainer={trainer}").probes.shift.val_images == (16 if trainer == "smoke" else 50)
+
+
+def test_the_cpu56_budget_runs_a_sweep_one_job_per_cpu_and_a_launcher_named_on_the_command_line_wins():
+    """trainer=cpu56 judges depth 56 on 2 cores by a half-width net and one one-thread job per CPU (joblib)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cpu56 = compose("config", overrides=["+experiment=depth_residual", "trainer=cpu56"], return_hydra_config=True)
+        named = {launcher: compose("config", overrides=["+experiment=depth_residual", "trainer=cpu56",
+                                                         f"hydra/launcher={launcher}"], return_hydra_config=True)
+                 for launcher in ("basic", "slurm")}
+    assert "JoblibLauncher" in cpu56.hydra.launcher._target_ and cpu56.hydra.launcher.n_jobs == -1
+    assert "BasicLauncher" in named["basic"].hydra.launcher._target_
+    assert "SlurmLauncher" in named["slurm"].hydra.launcher._target_
+    assert (cpu56.model.width, cpu56.trainer.epochs, cpu56.data.train_subset) == (0.5, 12, 10000)
+    assert cpu56.hydra.sweeper.params["model.depth"] == "8,20,56"
+
+
+def test_the_resolved_config_prints_compile_false_as_a_boolean():
+    from omegaconf import OmegaConf
+
+    assert "compile: false\n" in OmegaConf.to_yaml(compose_config("trainer=smoke").trainer)
+    assert compose_config("trainer.compile=max-autotune").trainer.compile == "max-autotune"
 
 
 def test_a_typo_in_a_config_file_without_a_schema_lists_the_keys_it_has(monkeypatch, capsys, tmp_path):
