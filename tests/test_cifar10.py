@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_cli
 from harness.data.cifar10 import ensure_cifar10, read_cifar10
 from harness.errors import DataError
 
@@ -114,6 +115,35 @@ def test_unreachable_or_missing_file_says_where_to_put_it(tmp_path, http_server)
     assert not root.exists() or list(root.iterdir()) == []
     with pytest.raises(DataError, match="downloads are off"):
         ensure_cifar10(root, f"{base}/x", "0" * 32, download=False)
+
+
+def test_a_sweep_tries_a_failed_download_once_and_each_job_says_why(runs_dir, tmp_path):
+    """Offline, the second job of a sweep fails at once with the first job's reason instead of
+    trying the server again (on a dead network, waiting out its timeout)."""
+    requested = []
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requested.append(self.path)
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
+    try:
+        result = run_cli("-m", "trainer.seed=0,1", "trainer=smoke", "model.depth=8", "data=cifar10",
+                         f"data.root={tmp_path / 'cifar'}", f"data.url={url}", runs_dir=runs_dir, timeout=120)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 1, result.stderr  # a sweep's own status: some job failed
+    assert requested == ["/cifar-10-python.tar.gz"]
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "error: CIFAR-10 not found" in line]
+    assert len(errors) == 2 and all("HTTP Error 404" in line for line in errors), errors
+    assert "not retried" not in errors[0] and "failed earlier in this sweep, not retried" in errors[1]
 
 
 def test_existing_archive_with_wrong_checksum_is_refused(tmp_path):

@@ -30,6 +30,10 @@ FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
 
+# url -> why its download failed: the jobs a sweep runs in this process (one after another, or a
+# joblib worker's share) try a download that failed once only, instead of waiting out each time
+_FAILED_DOWNLOADS: dict[str, str] = {}
+
 
 class Cifar10(DataSource):
     """root holds `cifar-10-batches-py/` or `cifar-10-python.tar.gz`; otherwise the archive is
@@ -105,9 +109,13 @@ def ensure_cifar10(root: Path, url: str, md5: str, download: bool) -> Path:
 def _download_and_extract(root: Path, url: str, md5: str) -> None:
     archive = root / ARCHIVE
     if not archive.is_file():
+        if url in _FAILED_DOWNLOADS:
+            raise DataError(_missing_message(root, f"download from {url} failed earlier in this sweep, not retried: "
+                                                   f"{_FAILED_DOWNLOADS[url]}"))
         try:
             download_file(url, archive, md5)
         except OSError as e:  # URLError and socket errors are OSErrors
+            _FAILED_DOWNLOADS[url] = str(e)
             raise DataError(_missing_message(root, f"download from {url} failed: {e}")) from None
     elif file_md5(archive) != md5:
         raise DataError(f"{archive} has MD5 {file_md5(archive)}, expected {md5}: delete it and run again")
