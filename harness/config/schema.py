@@ -139,7 +139,7 @@ class TrainerConfig:
     seed: int = 0
     precision: Precision = Precision.auto
     channels_last: bool = True
-    compile: str = "auto"  # auto, true, false or a torch.compile mode
+    compile: Any = "auto"  # auto, true, false or a torch.compile mode (Any: false stays a boolean)
     threads: str = "auto"  # auto or a count
     eval_every: int = 1
     log_every: int = 50
