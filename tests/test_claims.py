@@ -154,17 +154,33 @@ def test_a_wide_spread_makes_no_claim_hold_and_an_interval_on_the_other_side_doe
     assert welch(p20, p8).high < 0 and verdict[PLAIN_DEGRADES] == DOES_NOT_HOLD
 
 
-def test_a_claim_against_a_constant_takes_the_one_sample_interval():
-    names = ["p56s0", "p56s1", "p56s2"]
+def _explodes(ratios):
+    names = [f"p56s{i}" for i in range(len(ratios))]
     runs = pd.DataFrame([run(n, 56, False, int(n[-1])) for n in names])
-    ratios = [0.80, 0.83, 0.86]
     flow = pd.DataFrame({"run_id": names, "ratio_start": ratios})
     table = verdicts(measures(pd.concat([history(n, flat(1.0)) for n in names]), runs, EMPTY_LAYERS, flow),
                      swept(runs), STUDIES).set_index("claim")
-    explodes = table.loc["With BatchNorm, the gradient explodes toward the input of a deep plain net instead"]
-    expected = stats.ttest_1samp(ratios, 10.0).confidence_interval(0.95)
+    return table.loc["With BatchNorm, the gradient explodes toward the input of a deep plain net instead"]
+
+
+def test_a_claim_against_a_constant_takes_the_one_sample_interval_of_the_log_ratio():
+    ratios = [0.80, 0.83, 0.86]
+    explodes = _explodes(ratios)
+    expected = stats.ttest_1samp(np.log10(ratios), 1.0).confidence_interval(0.95)
     assert explodes["verdict"] == DOES_NOT_HOLD
-    assert (explodes["low"], explodes["high"]) == (pytest.approx(expected.low - 10), pytest.approx(expected.high - 10))
+    assert (explodes["low"], explodes["high"]) == (pytest.approx(expected.low - 1), pytest.approx(expected.high - 1))
+
+
+def test_ratios_spread_over_orders_of_magnitude_are_judged_on_their_log():
+    """Plain-56 with BatchNorm at initialisation, three seeds on the CIFAR-10 copy: each ratio far
+    above 10, which an arithmetic t interval (ruled by the largest) could not tell."""
+    ratios = [700.0, 1500.0, 3700.0]
+    assert stats.ttest_1samp(ratios, 10.0).confidence_interval(0.95).low < 0  # on the ratios: inconclusive
+    explodes = _explodes(ratios)
+    expected = stats.ttest_1samp(np.log10(ratios), 1.0).confidence_interval(0.95)
+    assert explodes["verdict"] == HOLDS and expected.low > 0
+    assert explodes["low"] == pytest.approx(expected.low - 1)
+    assert explodes["a"].startswith(f"plain, depth=56, BatchNorm: {np.mean(np.log10(ratios)):.3g} ± ")
 
 
 def test_one_seed_is_not_enough_and_an_unconverged_run_is_named():

@@ -6,6 +6,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from analysis import frames
+from analysis.claims import geometric_mean
 from analysis.figures.common import by_variant_and_depth, finish, need, need_model_axis, ratio_sentence, run_title, sig
 
 HEATMAP_RUNS = 4
@@ -38,7 +39,7 @@ def grad_vs_layer(history, runs, layers):
     deepest = at_start[(at_start["depth"] == depths[-1]) & (at_start["module"] == "Conv2d")]
     ratios = deepest.groupby(["variant", "run_id"]).apply(  # as in the report's Gradient flow section
         lambda run: run.loc[run["position"].idxmin(), "value"] / run.loc[run["position"].idxmax(), "value"],
-        include_groups=False).groupby("variant").mean()
+        include_groups=False).groupby("variant").agg(geometric_mean)
     finding = "At initialisation, depth " + depths[-1] + ": the first conv layer's gradient is " + "; ".join(
         f"{sig(ratio)}x the last conv layer's in {variant}" for variant, ratio in ratios.items()) + "." if len(ratios) else ""
     return finish(grid, "Gradient norm per layer: does the gradient reach the first layers?"), finding
