@@ -123,3 +123,16 @@ def test_compiled_training_follows_the_eager_trajectory(runs_dir):
                        for k in ("off", "default"))
     assert len(eager) == 6 and compiled == pytest.approx(eager, rel=1e-3)
     assert "grad_norm/total" in jobs["default"].data.metrics
+
+
+def test_the_device_tag_names_the_cpu_and_its_threads():
+    from harness.tracking.store import cpu_model, device_name
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert device_name(torch.device("cpu")) == f"cpu ({cpu_model()}, 1 thread)"
+        torch.set_num_threads(2)
+        assert device_name(torch.device("cpu")) == f"cpu ({cpu_model()}, 2 threads)"
+    finally:
+        torch.set_num_threads(before)
