@@ -16,7 +16,7 @@ EXPLODING, VANISHING = 10.0, 0.1  # first-to-last hidden layer gradient-norm rat
 
 def geometric_mean(ratios: pd.Series) -> float:
     """How an arm's gradient-norm ratios are averaged, and judged (on their log10): a ratio is
-    a factor, and its seeds spread over orders of magnitude (700 to 3,700), where an arithmetic
+    a factor, and its seeds spread over orders of magnitude (750 to 3,400), where an arithmetic
     mean and its t interval are ruled by the largest."""
     with np.errstate(divide="ignore"):
         return float(10 ** np.log10(ratios).mean())
