@@ -121,7 +121,7 @@ def convergence(history: pd.DataFrame) -> pd.DataFrame:
                                        *[_earlier("final training loss", at) for at in EARLIER]])
 
 
-EARLIER = (0.5, 0.75)  # where a comparison is read again, as fractions of the steps: see _settled
+EARLIER = (0.5, 0.75)  # where a comparison is read again, as fractions of the steps: see _earlier_verdicts
 
 
 def _earlier(quantity: str, at: float) -> str:
@@ -289,15 +289,14 @@ def _judge(claim: Claim, runs: pd.DataFrame):
     if any(len(v) == 0 for v in values):
         return {**result, "verdict": NO_RUN, "why": "no usable run in an arm: " + _names(lost)}
     unconverged = involved[involved["usable"] & (involved["converged"] != True)]  # noqa: E712
-    settled = None
+    earlier = None
     if claim.trained and not unconverged.empty:
         named = "not converged: " + ", ".join(
             f"{r.run_name} (loss changed {r.loss_change:.0%})" if pd.notna(r.loss_change)
             else f"{r.run_name} (too few logged steps)" for r in unconverged.itertuples())
-        earlier = _settled(claim, arms, runs)
+        earlier = _earlier_verdicts(claim, arms, runs)
         if earlier is None:
             return {**result, "verdict": TOO_SHORT, "why": named}
-        settled = (named, *earlier)
     margin = claim.margin * abs(values[1].mean()) if claim.relation == "<=" else 0.0
     interval = _interval(claim, values, arms, margin)
     if interval is not None and claim.trained and interval.low == interval.high:
@@ -317,23 +316,28 @@ def _judge(claim: Claim, runs: pd.DataFrame):
            INCONCLUSIVE: f"the {intervals.CONFIDENCE:.0%} interval reaches both sides of {_sig(margin)}: at this "
                          f"spread, n={interval.n_a or '-'}/{interval.n_b or '-'} tells only a difference beyond "
                          f"{_sig(interval.half_width)}"}[verdict]
-    if settled:
-        named, points, before = settled
-        if verdict != before:
+    if earlier is not None:
+        points = f"{' and '.join(f'{at:.0%}' for at in EARLIER)} of training"
+        before = set(earlier)
+        if before == {verdict} and verdict != INCONCLUSIVE:
+            why += f"; {named}, but the verdict was the same at {points} (the comparison has settled)"
+        elif len(before) == 1 and INCONCLUSIVE not in before:
             return {**result, **numbers, "verdict": TOO_SHORT,
-                    "why": f"{named}; the verdict moved: {before} at {points}, {verdict} at the end"}
-        why += f"; {named}, but the verdict was the same at {points} (the comparison has settled)"
+                    "why": f"{named}; the verdict moved: {earlier[0]} at {points}, {verdict} at the end"}
+        else:
+            readings = ", ".join(f"{v} at {at:.0%}" for at, v in zip(EARLIER, earlier))
+            return {**result, **numbers, "verdict": TOO_SHORT,
+                    "why": f"{named}; the comparison has not settled: {readings} of training, {verdict} at the end"}
     return {**result, **numbers, "verdict": verdict, "why": why + left_out}
 
 
-def _settled(claim: Claim, arms: list, runs: pd.DataFrame) -> tuple | None:
-    """Where not every compared run converged, whether the comparison may have settled all the
-    same: the verdict, read from the same runs at each EARLIER point of their training (the
-    window of steps before it), is the same definite one each time: (`50% and 75% of training`,
-    that verdict), which the verdict at the end must match; None if it moved, was not definite,
-    or the quantity has no earlier reading. Both arms anneal alike, so a schedule that flattens
-    every curve cannot make a comparison look settled that was not."""
-    verdicts = set()
+def _earlier_verdicts(claim: Claim, arms: list, runs: pd.DataFrame) -> list | None:
+    """Where not every compared run converged: the verdict read from the same runs at each
+    EARLIER point of their training (the window of steps before it). The comparison has settled
+    if each is the same definite verdict as at the end. None where the quantity has no earlier
+    reading or an arm too few runs for an interval. Both arms anneal alike, so a schedule that
+    flattens every curve cannot make a comparison look settled that was not."""
+    verdicts = []
     for at in EARLIER:
         column = _earlier(claim.quantity, at)
         if column not in runs:
@@ -346,10 +350,8 @@ def _settled(claim: Claim, arms: list, runs: pd.DataFrame) -> tuple | None:
         interval = _interval(claim, values, arms, margin)
         if interval is None or interval.low == interval.high:
             return None
-        verdicts.add(_verdict(interval, claim.relation, margin))
-    if len(verdicts) != 1 or verdicts & {INCONCLUSIVE}:
-        return None
-    return f"{' and '.join(f'{at:.0%}' for at in EARLIER)} of training", verdicts.pop()
+        verdicts.append(_verdict(interval, claim.relation, margin))
+    return verdicts
 
 
 _OTHER = {">": "<=", "<=": ">"}
@@ -455,7 +457,8 @@ RULE = (f"Each claim compares two arms in one measured quantity: an arm's value 
         "spent (the lr summed over steps), so that a schedule annealing the lr to 0 cannot flatten it, and in steps "
         f"where the lr was constant over the last {2 * FINAL_WINDOW:.0%} of them; unless the comparison has "
         f"settled: for the training loss, the same definite verdict read from the same runs at "
-        f"{' and '.join(f'{at:.0%}' for at in EARLIER)} of their steps and at the end (the runs are named). Claims "
+        f"{' and '.join(f'{at:.0%}' for at in EARLIER)} of their steps and at the end (the runs are named; where it "
+        "has not settled, the row gives the interval at the end and the verdict at each reading). Claims "
         "about the initialisation need no convergence, and count a run that diverged later: its step-0 value was "
         f"measured before. An invariance score counts only from a net above chance: a run whose accuracy on the scored "
         f"sample is within {CHANCE_ERRORS} binomial standard errors of chance (1 / classes) is left out, named "

@@ -396,3 +396,18 @@ def test_a_comparison_that_settled_is_judged_though_its_runs_still_learn():
     verdict, table = depth_study(crossing)
     assert verdict[PLAIN_DEGRADES] == TOO_SHORT
     assert "the verdict moved: holds at 50% and 75% of training, does not hold at the end" in table.loc[PLAIN_DEGRADES, "why"]
+
+
+def test_a_comparison_that_has_not_settled_says_what_each_reading_gave_and_shows_the_end_interval():
+    """As residual-56 against residual-8 at trainer=cpu56: level at half of training, apart
+    later. Budget too short, with the interval at the end beside it and the earlier verdicts."""
+    p20 = {f"p20s{s}": falling(1.0 + 0.01 * s) for s in range(3)}
+    p56 = {f"p56s{s}": [loss * (1 + 0.05 * max(0, i - 9)) for i, loss in enumerate(falling(1.005 + 0.01 * s))]
+           for s in range(3)}
+    verdict, table = depth_study({**p20, **p56})
+    assert verdict[PLAIN_DEGRADES] == TOO_SHORT
+    row = table.loc[PLAIN_DEGRADES]
+    assert row["why"].endswith("the comparison has not settled: inconclusive at 50%, holds at 75% of training, "
+                               "holds at the end")
+    expected = welch([np.mean(loss[18:20]) for loss in p56.values()], [np.mean(loss[18:20]) for loss in p20.values()])
+    assert (row["low"], row["high"]) == (pytest.approx(expected.low), pytest.approx(expected.high))
