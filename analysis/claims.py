@@ -297,7 +297,7 @@ def _judge(claim: Claim, runs: pd.DataFrame):
         earlier = _earlier_verdicts(claim, arms, runs)
         if earlier is None:
             return {**result, "verdict": TOO_SHORT, "why": named}
-    margin = claim.margin * abs(values[1].mean()) if claim.relation == "<=" else 0.0
+    margin = _margin(claim, values)
     interval = _interval(claim, values, arms, margin)
     if interval is not None and claim.trained and interval.low == interval.high:
         interval = None  # no spread in either arm: a trained quantity's seeds did not vary, not an exact answer
@@ -346,12 +346,17 @@ def _earlier_verdicts(claim: Claim, arms: list, runs: pd.DataFrame) -> list | No
         values = [_values(arm, earlier) for arm in arms]
         if any(len(v) < 2 for v, arm in zip(values, arms) if isinstance(arm, pd.DataFrame)):
             return None
-        margin = claim.margin * abs(values[1].mean()) if claim.relation == "<=" else 0.0
+        margin = _margin(claim, values)
         interval = _interval(claim, values, arms, margin)
         if interval is None or interval.low == interval.high:
             return None
         verdicts.append(_verdict(interval, claim.relation, margin))
     return verdicts
+
+
+def _margin(claim: Claim, values: list) -> float:
+    """A "does not degrade" claim's margin: the stated fraction of arm B's mean; 0 otherwise."""
+    return claim.margin * abs(values[1].mean()) if claim.relation == "<=" else 0.0
 
 
 _OTHER = {">": "<=", "<=": ">"}
