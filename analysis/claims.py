@@ -314,7 +314,7 @@ def _judge(claim: Claim, runs: pd.DataFrame):
     why = {HOLDS: f"the {intervals.CONFIDENCE:.0%} interval lies on the claimed side",
            DOES_NOT_HOLD: f"the {intervals.CONFIDENCE:.0%} interval lies on the other side",
            INCONCLUSIVE: f"the {intervals.CONFIDENCE:.0%} interval reaches both sides of {_sig(margin)}: at this "
-                         f"spread, n={interval.n_a or '-'}/{interval.n_b or '-'} tells only a difference beyond "
+                         f"spread, n={'/'.join(str(n) for n in (interval.n_a, interval.n_b) if n)} tells only a difference beyond "
                          f"{_sig(interval.half_width)}"}[verdict]
     if earlier is not None:
         points = f"{' and '.join(f'{at:.0%}' for at in EARLIER)} of training"

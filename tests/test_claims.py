@@ -183,6 +183,14 @@ def test_ratios_spread_over_orders_of_magnitude_are_judged_on_their_log():
     assert explodes["a"].startswith(f"plain, depth=56, BatchNorm: {np.mean(np.log10(ratios)):.3g} ± ")
 
 
+def test_an_inconclusive_claim_against_a_constant_counts_only_the_runs():
+    ratios = [3.0, 40.0, 800.0]  # log10 0.48 to 2.9 about the threshold 1: inconclusive
+    explodes = _explodes(ratios)
+    half_width = (explodes["high"] - explodes["low"]) / 2
+    assert explodes["verdict"] == INCONCLUSIVE
+    assert explodes["why"].endswith(f"n=3 tells only a difference beyond {half_width:.3g}")
+
+
 def test_one_seed_is_not_enough_and_an_unconverged_run_is_named():
     verdict, table = depth_study({"p20s0": 0.9, "p56s0": 0.5, "r20s0": 0.4, "r56s0": 0.41})
     assert set(verdict.index) == {PLAIN_DEGRADES, RESIDUAL_DOES_NOT, RESIDUAL_HELPS}
