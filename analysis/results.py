@@ -88,7 +88,7 @@ def sweep_sections(selection, report: Path, figure_folder: str) -> tuple:
         rows = claims[claims["study"] == study.name]
         if rows.empty:
             continue
-        lines += [f"## {study.name}", "", _provenance(parent, runs), ""]
+        lines += [f"## {study.name}, {_budget(runs)}", "", _provenance(parent, runs), ""]
         lines += [*claims_table(rows), ""]
         figure = BY_NAME[study.key_figure]
         source = report / f"{figure.stem}.png"

@@ -27,7 +27,7 @@ def depth_bn_store(tmp_path_factory):
     """A 2 x 2 sweep over depth and BatchNorm with the landscape probe on, via the study preset."""
     runs_dir = tmp_path_factory.mktemp("store") / "runs"
     result = run_cli("-m", "+experiment=batchnorm", "model.depth=8,14", "model.residual=true", "trainer.seed=0",
-                     "probes.landscape.every=4", *FAST, runs_dir=runs_dir)
+                     "probes.landscape.every=4", *FAST, "hydra/launcher=basic", runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr
     return f"sqlite:///{runs_dir}/mlflow.db", runs_dir
 
@@ -142,7 +142,9 @@ def test_the_results_page_shows_the_claims_of_its_sweep(depth_bn_store, tmp_path
         line = lines[row.claim + (f" ({row.where})" if row.where else "")]
         assert f"| {row.a} | {row.relation} | {row.b} |" in line and f"| **{row.verdict}** | {row.why} |" in line
     assert ("`python -m harness -m +experiment=batchnorm model.depth=8,14 model.residual=true trainer.seed=0 "
-            "probes.landscape.every=4 data=synthetic") in text
+            "probes.landscape.every=4 data=synthetic trainer=smoke probes.shift.images=64") in text
+    assert "paths.runs=" in text and text.count("hydra/launcher=basic") == 1 and "hydra.mode" not in text
+    assert "\n## BatchNorm, 12 steps of 32 images\n" in text  # a study's heading names the budget: sweeps differ
     assert "4 jobs (4 finished)" in text and " s wall time (the jobs' runs " in text and " s together) on cpu (" in text
     figure = f"results/{sweep.replace('/', '_')}-7_landscape.png"
     assert f"]({figure})" in text and (tmp_path / "docs" / figure).is_file()

@@ -55,6 +55,8 @@ class Sweep:
         client, experiment_id = open_experiment(config.tracking.uri, config.tracking.experiment,
                                                 config.tracking.timeout)
         overrides = list(config.hydra.overrides.task)
+        # the launcher and sweeper choices typed (hydra/launcher=...), less the mode Hydra adds itself
+        typed = overrides + [o for o in config.hydra.overrides.hydra if not o.startswith("hydra.mode=")]
         params = dict(config.hydra.sweeper.get("params") or {})
         parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()] + overrides)
         swept = list(dict.fromkeys(o.key_or_group for o in parsed if o.is_sweep_override()))
@@ -62,7 +64,7 @@ class Sweep:
         preset = next((o.split("=", 1)[1].strip("[]") for o in overrides if o.lstrip("+").startswith("experiment=")), None)
         name = f"{(preset or 'sweep').replace(',', '+')} {folder.name}"  # e.g. depth_residual 23-20-10-356d36
         tags = {contract.RUN_NAME: name, contract.SWEEP_ID: sweep_id, contract.KIND: contract.KIND_SWEEP,
-                contract.OVERRIDES: redact(" ".join(overrides)), **({contract.PRESET: preset} if preset else {}),
+                contract.OVERRIDES: redact(" ".join(typed)), **({contract.PRESET: preset} if preset else {}),
                 **this_process(), **git_state(Path(config.paths.root))}
         run = client.create_run(experiment_id, tags=tags, run_name=tags[contract.RUN_NAME])
         folder.mkdir(parents=True, exist_ok=True)
