@@ -2,6 +2,7 @@
 human-readable labels as columns, so a figure is a plain seaborn call over a frame."""
 
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -126,12 +127,12 @@ def curves(history: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return with_axes(wanted, runs)
 
 
-def grad_by_layer(history: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame,
-                  prefix: str = contract.GRAD_NORM) -> pd.DataFrame:
+def grad_by_layer(history: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
     """One row per layer per logged step per run: layer_index, layer, module, step, value; in
     layer order. `layers`: the runs' layer tables (analysis.load.layer_tables)."""
-    rows = history[history["key"].str.match(rf"^{prefix}\d{{3}}_")].copy()
-    rows["metric"] = rows["key"].str.slice(len(prefix))
+    prefixes = "|".join(re.escape(p) for p in (contract.GRAD_NORM, contract.GRAD_NORM_BEFORE))
+    rows = history[history["key"].str.match(rf"^(?:{prefixes})\d{{3}}_")].copy()
+    rows["metric"] = rows["key"].str.replace(rf"^(?:{prefixes})", "", regex=True)
     rows["layer_index"] = rows["metric"].str.slice(0, 3).astype(int)
     rows["layer"] = rows["metric"].str.slice(4)
     rows = rows.merge(layers[["run_id", "metric", "module"]], on=["run_id", "metric"], how="left")

@@ -12,6 +12,8 @@ import multiprocessing
 import statistics
 import time
 
+from harness import contract
+
 
 def write(uri: str, experiment_id: str, batch: int, seconds: float, ready, results) -> None:
     from mlflow.entities import Metric
@@ -19,7 +21,7 @@ def write(uri: str, experiment_id: str, batch: int, seconds: float, ready, resul
 
     client = MlflowClient(uri)
     run_id = client.create_run(experiment_id).info.run_id
-    keys = [f"grad_norm/{i:03d}_layer" for i in range(100)]
+    keys = [f"{contract.GRAD_NORM}{i:03d}_layer" for i in range(100)]
     step, latencies = 0, []
     ready.wait(timeout=300)  # every writer has imported MLflow and made its run: the window opens for all at once
     start_at = time.time()

@@ -43,8 +43,11 @@ TRAIN_LOSS, TRAIN_ACC, LR = "train/loss", "train/acc", "lr"
 VAL_LOSS, VAL_ACC = "val/loss", "val/acc"
 TEST_LOSS, TEST_ACC = "test/loss", "test/acc"
 EPOCH_TIME, IMAGES_PER_SEC = "perf/epoch_time_s", "perf/images_per_sec"
-GRAD_NORM = "grad_norm/"  # + NNN_<layer>
-GRAD_NORM_TOTAL = "grad_norm/total"
+# + NNN_<layer>. The MLflow UI shows a run's metric sections in alphabetical order: "weights"
+# sorts after train/, val/ and test/, so the headline curves come before the per-layer ones.
+GRAD_NORM = "weights/grad_norm/"
+GRAD_NORM_BEFORE = "grad_norm/"  # how stores written before 2026-12-03 named them
+GRAD_NORM_TOTAL = GRAD_NORM + "total"
 SHIFT_CONSISTENCY, SHIFT_CONSISTENCY_SE, SHIFT_INSTABILITY, SHIFT_PROB_CHANGE = (
     "shift_consistency", "shift_consistency_se", "shift_instability_1px", "shift_prob_change_1px")  # after val/, test/
 SHIFT_ACC_DX = "shift/acc_dx"  # at step dx + max

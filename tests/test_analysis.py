@@ -12,6 +12,7 @@ from PIL import Image
 from analysis import frames
 from analysis.figures import DPI, FIGSIZE
 from analysis.load import histories_frame, layer_tables, open_client, runs_frame, select_runs
+from harness import contract
 
 from conftest import chromium, run_cli, run_module
 
@@ -201,8 +202,11 @@ def test_grad_by_layer_frame_has_a_row_per_layer_per_step_per_run(depth_bn_store
     client = open_client(uri)
     selection = select_runs(client)
     runs = runs_frame(selection.runs)
-    layers = frames.grad_by_layer(histories_frame(client, uri, selection.runs), runs,
-                                  layer_tables(client, selection.runs))
+    history, tables = histories_frame(client, uri, selection.runs), layer_tables(client, selection.runs)
+    layers = frames.grad_by_layer(history, runs, tables)
+    renamed = history.assign(key=history["key"].str.replace(contract.GRAD_NORM, contract.GRAD_NORM_BEFORE, regex=False))
+    assert (renamed["key"] != history["key"]).any()
+    pd.testing.assert_frame_equal(frames.grad_by_layer(renamed, runs, tables), layers)  # a store from before the rename
     for run in selection.runs:
         one = layers[layers["run_id"] == run.info.run_id]
         depth = int(run.data.params["model.depth"])
@@ -216,8 +220,11 @@ def test_grad_by_layer_frame_has_a_row_per_layer_per_step_per_run(depth_bn_store
             assert at_step["layer"].iloc[0] == "stem.conv" and at_step["layer"].iloc[-1] == "fc"
             assert at_step["module"].iloc[0] == "Conv2d" and at_step["module"].iloc[-1] == "Linear"
         value = one[(one["step"] == 0) & (one["layer_index"] == 0)]["value"].item()
-        history = client.get_metric_history(run.info.run_id, "grad_norm/000_stem.conv")
+        history = client.get_metric_history(run.info.run_id, "weights/grad_norm/000_stem.conv")
         assert value == history[0].value
+        # the MLflow UI orders a run's metric sections by name: the per-layer ones must come last
+        sections = sorted({key.split("/")[0] for key in run.data.metrics if "/" in key})
+        assert sections[-1] == "weights" and {"train", "val", "test"} <= set(sections)
 
 
 def test_optimizer_and_augmentation_figures(tmp_path):
@@ -320,7 +327,7 @@ def test_report_says_the_gradient_flow_of_each_run_from_its_metrics(depth_bn_sto
     for run in select_runs(client).runs:
         table = list(csv.DictReader(open(client.download_artifacts(run.info.run_id, "layers.csv"))))
         convs = [row["metric"] for row in table if row["module"] == "Conv2d"]
-        first, last = (client.get_metric_history(run.info.run_id, f"grad_norm/{m}") for m in (convs[0], convs[-1]))
+        first, last = (client.get_metric_history(run.info.run_id, f"weights/grad_norm/{m}") for m in (convs[0], convs[-1]))
         ratio = first[0].value / last[0].value  # step 0, read straight from MLflow
         net = f"{'residual' if run.data.params['model.residual'] == 'True' else 'plain'}-{run.data.params['model.depth']}"
         line = next(line for line in index.splitlines()

@@ -107,9 +107,9 @@ def check_probe_metrics(uri, client, run, steps):
     assert layers[0]["metric"] == "000_stem.conv" and layers[-1]["metric"] == f"{len(layers) - 1:03d}_fc"
     assert [row["module"] for row in layers[:3]] == ["Conv2d", "BatchNorm2d", "Conv2d"]
     for row in layers:
-        assert f"grad_norm/{row['metric']}" in run.data.metrics
+        assert f"weights/grad_norm/{row['metric']}" in run.data.metrics
     dense = int(run.data.params["probes.grad_norms.dense"])
-    history = client.get_metric_history(run.info.run_id, "grad_norm/000_stem.conv")
+    history = client.get_metric_history(run.info.run_id, "weights/grad_norm/000_stem.conv")
     assert [m.step for m in history] == list(range(min(dense, steps)))  # step 0 = the initialisation
     for split in ("val", "test"):
         for name in ("shift_consistency", "shift_consistency_se", "shift_instability_1px", "shift_prob_change_1px"):
@@ -150,6 +150,8 @@ def test_failed_and_diverged_jobs_do_not_stop_the_sweep(runs_dir):
                      *SMOKE, runs_dir=runs_dir)
     assert result.returncode == 1  # failures are reported by the exit status
     assert "4 jobs, 2 failed, 0 killed, 1 diverged" in result.stdout + result.stderr
+    assert f"browse it: mlflow ui --backend-store-uri {uri} --workers 1, then http://127.0.0.1:5000/#/experiments/" \
+           in result.stdout + result.stderr  # one worker: the UI answers in seconds on a small machine
 
     _, runs = all_runs(uri)
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)

@@ -75,8 +75,8 @@ def test_eight_slurm_jobs_log_every_point_through_one_postgres_backed_server(slu
         assert tags["mlflow.parentRunId"] == parent.info.run_id
         # every point, against the job's own schedule (8 steps, a point every 4; grad norms at every step)
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [4, 8]
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm/000_stem.conv")] == list(range(8))
-        layers = sum(1 for key in run.data.metrics if key.startswith("grad_norm/0"))
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "weights/grad_norm/000_stem.conv")] == list(range(8))
+        layers = sum(1 for key in run.data.metrics if key.startswith("weights/grad_norm/0"))
         assert layers == (15 if run.data.params["model.batchnorm"] == "True" else 8)  # 7 convs (and their BN), fc
         # and against the job's folder: its log's final line is what the server holds
         logged = re.search(r"test: loss ([\d.]+), accuracy ([\d.]+)", (folder / "harness.log").read_text())
@@ -90,7 +90,7 @@ def test_eight_slurm_jobs_log_every_point_through_one_postgres_backed_server(slu
                       "group by key", run=run.info.run_id)}
         assert stored.keys() == sent.keys() == run.data.metrics.keys()
         assert all(stored[key][0] == stored[key][1] and stored[key][2] == last for key, last in sent.items())
-        per_layer = [key for key in stored if key.startswith("grad_norm/")]
+        per_layer = [key for key in stored if key.startswith("weights/grad_norm/")]
         assert per_layer and all(stored[key][0] == stored[key][2] + 1 for key in per_layer)  # probed every step
 
     report = tmp_path / "report"

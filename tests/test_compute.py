@@ -92,7 +92,7 @@ def test_no_training_step_waits_for_the_device(tmp_path):
     outcome = train(setup, cfg.trainer, MetricBuffer(client, run_id), step_context=checker.step)
     assert outcome.status == "finished" and outcome.steps == cfg.trainer.steps
     assert checker.found == []
-    assert "landscape/grad_predictiveness" in outcome.final and "grad_norm/total" in outcome.final
+    assert "landscape/grad_predictiveness" in outcome.final and "weights/grad_norm/total" in outcome.final
 
 
 @pytest.mark.skipif(not bf16_supported(CPU), reason="this CPU has no fast bf16")
@@ -122,7 +122,7 @@ def test_compiled_training_follows_the_eager_trajectory(runs_dir):
     eager, compiled = ([m.value for m in client.get_metric_history(jobs[k].info.run_id, "train/loss")]
                        for k in ("off", "default"))
     assert len(eager) == 6 and compiled == pytest.approx(eager, rel=1e-3)
-    assert "grad_norm/total" in jobs["default"].data.metrics
+    assert "weights/grad_norm/total" in jobs["default"].data.metrics
 
 
 def test_the_device_tag_names_the_cpu_and_its_threads():

@@ -41,14 +41,14 @@ def test_grad_norms_match_per_parameter_norms_in_forward_order():
 
     modules = forward_order(model, x)
     assert [m for _, m in probe.layers] == modules  # every layer with weights, forward order
-    names = [k for k in metrics if k != "grad_norm/total"]
+    names = [k for k in metrics if k != "weights/grad_norm/total"]
     assert names == sorted(names)  # the index prefix sorts like the forward order
     for (key, value), module in zip([(k, metrics[k]) for k in names], modules):
         expected = torch.sqrt(sum(p.grad.norm() ** 2 for p in module.parameters(recurse=False)))
         assert torch.allclose(value, expected, rtol=1e-5), key
     total = torch.sqrt(sum(p.grad.norm() ** 2 for p in model.parameters()))
-    assert torch.allclose(metrics["grad_norm/total"], total, rtol=1e-5)
-    assert names[0] == "grad_norm/000_stem.conv" and names[-1] == f"grad_norm/{len(modules) - 1:03d}_fc"
+    assert torch.allclose(metrics["weights/grad_norm/total"], total, rtol=1e-5)
+    assert names[0] == "weights/grad_norm/000_stem.conv" and names[-1] == f"weights/grad_norm/{len(modules) - 1:03d}_fc"
 
 
 def test_grad_norm_schedule_logs_init_dense_then_sparse():

@@ -203,7 +203,7 @@ def ui_address(info: dict) -> str:
     """Where the MLflow UI shows a sweep's experiment, in its model-training view."""
     uri, page = info["uri"], f"#/experiments/{info['experiment_id']}/runs?{contract.UI_MODEL_TRAINING}"
     if uri.startswith("sqlite:///"):
-        return f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/{page}"
+        return f"mlflow ui --backend-store-uri {uri} --workers 1, then http://127.0.0.1:5000/{page}"
     return f"{redact(uri).rstrip('/')}/{page}"
 
 
