@@ -3,7 +3,8 @@
     python docs/screenshots.py [--uri sqlite:////abs/runs/mlflow.db] [--out docs]
 
 Serves the store with `mlflow ui` on a free port of 127.0.0.1, opens the most recent sweep's
-experiment, the sweep's parent run and its report.html (run `python -m analysis` first), and
+experiment (its runs table), the sweep's first job, the report.html in the sweep's artifacts
+(run `python -m analysis` first), the sweep's own page and the job's Model metrics tab, and
 writes one PNG per page. Needs chromium (apt install chromium) and playwright (the dev extra).
 """
 
@@ -85,6 +86,8 @@ def main(argv=None) -> int:
             show(page, f"{base}/runs/{job.info.run_id}{mode}", args.out / "ui-2-job-run.png")
             show(page, f"{base}/runs/{parent.info.run_id}/artifacts/report/report.html{mode}",
                  args.out / "ui-3-report.png")
+            show(page, f"{base}/runs/{parent.info.run_id}{mode}", args.out / "ui-4-sweep-run.png")
+            show(page, f"{base}/runs/{job.info.run_id}/model-metrics{mode}", args.out / "ui-5-job-metrics.png")
             browser.close()
     finally:
         ui.terminate()
