@@ -12,6 +12,12 @@ from harness import contract
 from harness.contract import AXES
 
 
+def as_text(values):
+    """A Series or DataFrame as strings for labels and tables, a missing value as "-" (pandas 3's
+    astype(str) keeps NaN, which a join then fails on: a param that only some runs log)."""
+    return values.astype(object).where(values.notna(), "-").astype(str)
+
+
 def axis_column(axis: str) -> str:
     """The runs-frame column an axis is read from (analysis.load.runs_frame)."""
     source, key = AXES[axis]
@@ -98,7 +104,7 @@ def _with_differing_settings(frame: pd.DataFrame, choices: pd.Series, group: str
     keys = [c for c in frame if c.startswith(f"param.{group}.") and c[len("param."):] not in PARAM_AXES]
     labels = choices.copy()
     for choice, runs in frame.groupby(choices, dropna=True):
-        differing = [k for k in keys if runs[k].astype(str).nunique() > 1]
+        differing = [k for k in keys if as_text(runs[k]).nunique() > 1]
         for index, run in runs.iterrows():
             labels[index] = " ".join([choice, *(f"{k[len('param.'):]}={run[k]}" for k in differing)])
     return labels

@@ -26,7 +26,7 @@ from analysis import studies as all_studies
 from analysis.claims import (RULE, claims_markdown, gradient_flow, gradient_flow_markdown, interval_text, measures,
                              verdicts)
 from analysis.figures import DPI, FIGURES, Skip
-from analysis.frames import finished, grad_by_layer, summary, swept
+from analysis.frames import as_text, finished, grad_by_layer, summary, swept
 from analysis.html import write_html
 from harness import contract
 from harness.errors import HarnessError
@@ -186,8 +186,9 @@ def _intro(selection, left_out: str) -> str:
 def _first_config(client, runs, frame: pd.DataFrame) -> tuple | None:
     """(name, resolved config, what the other jobs differ in) of the first job by job number
     that logged its config; frame: the runs as runs_frame reads them."""
-    varied = {c[len("param."):]: sorted(frame[c].astype(str).unique(), key=_numbers_first)
-              for c in frame.columns if c.startswith("param.") and frame[c].astype(str).nunique() > 1}
+    params = as_text(frame[[c for c in frame.columns if c.startswith("param.")]])
+    varied = {c[len("param."):]: sorted(params[c].unique(), key=_numbers_first)
+              for c in params.columns if params[c].nunique() > 1}
     differences = ("The others differ in " + "; ".join(f"{key} ({', '.join(values)})" for key, values in varied.items())
                    + "." if varied else "The others have the same config.")
     for run in sorted(runs, key=_job_number):

@@ -245,6 +245,9 @@ def test_optimizer_and_augmentation_figures(tmp_path):
     assert set(adam["verdict"]) == {"budget too short"}  # 12 steps: no window to compare
     assert all(why.startswith("not converged: ") and "(too few logged steps)" in why for why in adam["why"])
     assert "### Optimisers" in index and "| Adam trains faster than plain SGD (augment=crop, dropout=0.0) |" in index
+    # a param only some runs log (Adam's betas, SGD's momentum) is a difference too, its absence a "-"
+    config = (out / "report.html").read_text()
+    assert "optim.betas (-, [0.9, 0.999])" in config and "optim.momentum (" in config and "nan" not in config
 
 
 def test_circular_padding_without_downsampling_is_exactly_shift_invariant_in_the_claims_table(tmp_path):

@@ -39,7 +39,7 @@ def variant_column(runs):
     varied = [column for column, axis in frames.label_axes(runs).items() if axis in axes] or columns[:1]
     if not varied:
         return lambda f: f["net"]
-    return lambda f: f[varied].astype(str).agg(", ".join, axis=1)
+    return lambda f: frames.as_text(f[varied]).agg(", ".join, axis=1)
 
 
 def by_variant_and_depth(data, runs):

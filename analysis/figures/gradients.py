@@ -78,7 +78,7 @@ def first_layer_gradient(history, runs, layers):
     convs = layers[(layers["module"] == "Conv2d") & (layers["step"] == 0)]
     first = convs[convs["layer_index"] == convs.groupby("run_id")["layer_index"].transform("min")]
     columns = frames.label_columns(runs) or ["net"]
-    data = first.assign(arm=first[columns].astype(str).agg(", ".join, axis=1))
+    data = first.assign(arm=frames.as_text(first[columns]).agg(", ".join, axis=1))
     fig, ax = plt.subplots()
     sns.lineplot(data=data, x="depth", y="value", hue="arm", style="arm", markers=True, dashes=False,
                  errorbar="sd", ax=ax)
