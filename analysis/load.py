@@ -100,7 +100,8 @@ def runs_frame(runs) -> pd.DataFrame:
         row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
                "diverged": tags.get(contract.DIVERGED) == "true", "job_num": tags.get(contract.JOB_NUM)}
         row.update({f"param.{k}": _typed(v) for k, v in run.data.params.items()})
-        row.update({f"tag.{k}": v for k, v in tags.items() if k.startswith(contract.CHOICE) or k == contract.MODEL_LABELS})
+        row.update({f"tag.{k}": v for k, v in tags.items()
+                    if k.startswith(contract.CHOICE) or k in (contract.MODEL_LABELS, contract.CLASSES)})
         row.update({f"metric.{k}": v for k, v in run.data.metrics.items()})
         rows.append(row)
     frame = pd.DataFrame(rows)
