@@ -211,6 +211,9 @@ def at_chance(frame: pd.DataFrame, history: pd.DataFrame) -> pd.Series:
 
 
 INVARIANCE_QUANTITIES = ("shift consistency", *[f"{f} consistency" for f in contract.INVARIANCE_FAMILIES])
+# what a net at chance scores trivially: it is perfectly invariant, its train and test accuracy
+# match (no gap), and it sits on a plateau where the loss barely varies along the gradient
+CHANCE_BLIND = (*INVARIANCE_QUANTITIES, "generalisation gap", "loss variation")
 
 
 def measures(history: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame, flow: pd.DataFrame | None = None
@@ -408,13 +411,13 @@ def _arm(side, runs: pd.DataFrame):
 
 
 def _counts(runs: pd.DataFrame, claim: Claim) -> pd.Series:
-    """Which runs a claim may use: finished and not diverged, and for an invariance score, above
-    chance (a net that predicts one class is perfectly invariant); for a quantity measured before
+    """Which runs a claim may use: finished and not diverged, and for a quantity of CHANCE_BLIND,
+    above chance; for a quantity measured before
     training (the gradient at step 0) or one the architecture decides (exact invariance), any
     run that logged it."""
     if not claim.trained:
         return pd.Series(True, index=runs.index)
-    return runs["usable"] & ~(runs["at_chance"] & (claim.quantity in INVARIANCE_QUANTITIES))
+    return runs["usable"] & ~(runs["at_chance"] & (claim.quantity in CHANCE_BLIND))
 
 
 def _values(arm, claim: Claim) -> pd.Series:
@@ -465,9 +468,10 @@ RULE = (f"Each claim compares two arms in one measured quantity: an arm's value 
         f"{' and '.join(f'{at:.0%}' for at in EARLIER)} of their steps and at the end (the runs are named; where it "
         "has not settled, the row gives the interval at the end and the verdict at each reading). Claims "
         "about the initialisation need no convergence, and count a run that diverged later: its step-0 value was "
-        f"measured before. An invariance score counts only from a net above chance: a run whose accuracy on the scored "
-        f"sample is within {CHANCE_ERRORS} binomial standard errors of chance (1 / classes) is left out, named "
-        "(at chance): a net that predicts one class is perfectly invariant. Each row is its own test at "
+        f"measured before. An invariance score, a generalisation gap or a loss variation counts only from a net above "
+        f"chance: a run whose accuracy on the scored sample is within {CHANCE_ERRORS} binomial standard errors of "
+        "chance (1 / classes) is left out, named (at chance): a net that predicts one class is perfectly invariant, "
+        "has no gap between training and test, and sits on a plateau where the loss barely varies. Each row is its own test at "
         f"{intervals.CONFIDENCE:.0%}: among many rows, a few may hold or fail by chance.")
 
 

@@ -271,6 +271,32 @@ def test_an_invariance_score_of_a_net_at_chance_is_no_evidence():
     assert list(above_chance(pd.concat(points), runs)["run_id"]) == ["learnt", "learnt2"]
 
 
+def test_a_net_at_chance_is_no_evidence_of_a_smooth_landscape_or_a_narrow_gap():
+    """Plain-20 without BatchNorm at lr 0.1 on the CIFAR-10 copy (trainer=cpu56) never left chance:
+    training loss 2.30, test accuracy 0.1, loss variation 0.0013 against BatchNorm's 0.079. Its
+    flat plateau is no landscape claim's evidence, nor its zero generalisation gap; its
+    loss still counts for "BatchNorm makes training faster"."""
+    rows, points = [], []
+    for seed, (bn, accuracy, variation) in enumerate([(False, 0.1, 0.0013), (False, 0.1, 0.0011), (False, 0.1, 0.0016),
+                                                       (True, 0.55, 0.079), (True, 0.56, 0.072), (True, 0.54, 0.085)]):
+        name = f"{'bn' if bn else 'nobn'} plain s{seed % 3}"
+        rows.append({"run_id": name, "run_name": name, "status": "FINISHED", "diverged": False, "job_num": seed,
+                     "param.model.depth": 20, "param.model.residual": False, "param.model.batchnorm": bn,
+                     "param.trainer.seed": seed % 3, "tag.choice.augment": "none", "tag.classes": "10",
+                     "param.probes.shift.max": 2, "param.probes.shift.images": 500, "metric.test/acc": accuracy})
+        points += [pd.DataFrame([(name, "shift/acc_dx", dx, accuracy) for dx in range(5)] +
+                                [(name, "landscape/loss_variation", step, variation) for step in (10, 20)],
+                                columns=["run_id", "key", "step", "value"]),
+                   history(name, flat(2.3 if not bn else 1.3 + 0.01 * seed))]
+    runs = pd.DataFrame(rows)
+    measured = measures(pd.concat(points), runs, EMPTY_LAYERS)
+    assert measured["at_chance"].tolist() == [True] * 3 + [False] * 3
+    table = verdicts(measured, swept(runs), STUDIES).set_index("claim")
+    smooth = table.loc["BatchNorm smooths the loss landscape (Santurkar et al. 2018)"]
+    assert smooth["verdict"] == NO_RUN and "nobn plain s0 (at chance)" in smooth["why"]
+    assert table.loc["BatchNorm makes training faster", "verdict"] == HOLDS
+
+
 def test_the_caption_and_the_claims_table_read_the_same_quantity():
     """Plain-20's last logged loss is below plain-8's, its mean over the last 10% of steps
     above: the caption of figure 1 and the claims table must tell the same order."""
