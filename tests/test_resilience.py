@@ -363,17 +363,20 @@ def test_a_dead_tracking_server_costs_a_job_its_timeout_and_sync_sends_what_it_k
     server, url = start_mlflow_server(tmp_path)
     port = url.rsplit(":", 1)[1]
     try:
+        started = time.monotonic()
         process = launch(*SMALL, "data.train_size=2560", "trainer.epochs=3", "tracking.timeout=8", runs_dir=runs_dir,
                          uri=url)  # 64 steps an epoch
         from mlflow.tracking import MlflowClient
         client = MlflowClient(url)
         wait_for(lambda: any(r.data.metrics for r in client.search_runs(["1"])), what="the first epoch's metrics")
+        first_epoch = time.monotonic() - started  # start-up included: the longest an epoch can take here
         stop_process_group(server, signal.SIGKILL)
         killed = time.monotonic()
         output = process.communicate(timeout=300)[0]
         assert process.returncode == 1, output
-        # the job notices at its next flush (an epoch's end: a few seconds), then gives up within tracking.timeout
-        assert time.monotonic() - killed < 8 + 30, output
+        # the job notices at its next flush (the end of the epoch under way), then gives up within
+        # tracking.timeout, not after MLflow's minutes of retries; on a loaded machine an epoch is slow
+        assert time.monotonic() - killed < first_epoch + 8 + 15, output
         errors = [line for line in output.splitlines() if "error:" in line]
         assert len(errors) == 1 and "the MLflow store did not take" in errors[0] and "harness.runs sync" in errors[0]
         assert "the server did not answer" in errors[0] and len(errors[0]) < 400 and "Retrying" not in output
