@@ -317,8 +317,8 @@ def _judge(claim: Claim, runs: pd.DataFrame):
     why = {HOLDS: f"the {intervals.CONFIDENCE:.0%} interval lies on the claimed side",
            DOES_NOT_HOLD: f"the {intervals.CONFIDENCE:.0%} interval lies on the other side",
            INCONCLUSIVE: f"the {intervals.CONFIDENCE:.0%} interval reaches both sides of {_sig(margin)}: at this "
-                         f"spread, n={'/'.join(str(n) for n in (interval.n_a, interval.n_b) if n)} tells only a difference beyond "
-                         f"{_sig(interval.half_width)}"}[verdict]
+                         f"spread, n={'/'.join(str(n) for n in (interval.n_a, interval.n_b) if n)} tells only a "
+                         f"difference beyond {_sig(interval.half_width)}"}[verdict]
     if earlier is not None:
         points = f"{' and '.join(f'{at:.0%}' for at in EARLIER)} of training"
         before = set(earlier)
@@ -412,9 +412,8 @@ def _arm(side, runs: pd.DataFrame):
 
 def _counts(runs: pd.DataFrame, claim: Claim) -> pd.Series:
     """Which runs a claim may use: finished and not diverged, and for a quantity of CHANCE_BLIND,
-    above chance; for a quantity measured before
-    training (the gradient at step 0) or one the architecture decides (exact invariance), any
-    run that logged it."""
+    above chance; for a quantity measured before training (the gradient at step 0) or one the
+    architecture decides (exact invariance), any run that logged it."""
     if not claim.trained:
         return pd.Series(True, index=runs.index)
     return runs["usable"] & ~(runs["at_chance"] & (claim.quantity in CHANCE_BLIND))
@@ -471,8 +470,8 @@ RULE = (f"Each claim compares two arms in one measured quantity: an arm's value 
         f"measured before. An invariance score, a generalisation gap or a loss variation counts only from a net above "
         f"chance: a run whose accuracy on the scored sample is within {CHANCE_ERRORS} binomial standard errors of "
         "chance (1 / classes) is left out, named (at chance): a net that predicts one class is perfectly invariant, "
-        "has no gap between training and test, and sits on a plateau where the loss barely varies. Each row is its own test at "
-        f"{intervals.CONFIDENCE:.0%}: among many rows, a few may hold or fail by chance.")
+        "has no gap between training and test, and sits on a plateau where the loss barely varies. Each row is its "
+        f"own test at {intervals.CONFIDENCE:.0%}: among many rows, a few may hold or fail by chance.")
 
 
 def claims_markdown(table: pd.DataFrame) -> list:
