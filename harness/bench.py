@@ -14,12 +14,12 @@
    the eager harness in bf16/fp32 x channels_last/NCHW, to check what precision=auto picks.
 3. Host syncs: harness steps under harness.training.syncs.HostSyncs (on CUDA also
    torch.cuda.set_sync_debug_mode("warn")); any synchronising op is listed.
-4. With --sweep: a depth 8/20/56 x residual on/off sweep through the real CLI, one job at a
+4. With --concurrent N: the aggregate training images/s of N ResNet-20 jobs at once against
+   one job alone, through the CLI as in 5.
+5. With --sweep: a depth 8/20/56 x residual on/off sweep through the real CLI, one job at a
    time (Hydra's basic launcher) and --parallel jobs at once on the one device
    (hydra/launcher=joblib, through an MPS daemon on a GPU: harness.jobs.mps); wall time and jobs
    per hour of each. Each sweep starts with an empty torch.compile cache, as a first sweep does.
-5. With --concurrent N: the aggregate training images/s of N ResNet-20 jobs at once against
-   one job alone, through the CLI as in 4.
 `--timings URI` prints, for the sweep in that store, what each job spent before its first
 step (start-up metrics) and the sweep's span and aggregate throughput (.ci/gpu's study stage).
 """
@@ -278,6 +278,8 @@ def concurrent_rates(args, runs_dir: str, parallel: int) -> dict:
 def study_timings(uri: str, report_end: float | None) -> str:
     """What a sweep's jobs cost before their first step and how long it took, from its store."""
     jobs = job_epochs(uri)
+    if not jobs:
+        return f"no jobs in {uri}"
     first_start = min(run.info.start_time for run, _ in jobs) / 1000
     last_end = max(run.info.end_time or 0 for run, _ in jobs) / 1000
     images = sum(seconds * rate for _, epochs in jobs for _, seconds, rate in epochs)
@@ -358,6 +360,13 @@ def main(argv=None) -> None:
                        "none" if not found else f"{len(found)}: {', '.join(sorted(set(found)))}")
             print(f"\nhost-device syncs inside {steps + 30 - warmup} harness training steps"
                   f"{f' (after {warmup} warm-up steps)' if warmup else ''}: {summary}", flush=True)
+        if args.concurrent:
+            rates = concurrent_rates(args, runs_dir, args.concurrent)
+            print(f"\nResNet-20 jobs at once ({args.data} trainer.epochs={args.concurrent_epochs}; the median "
+                  "images/s of each job's epochs after its first, summed):")
+            print(f"  one job         {rates[1]:10,.0f} img/s")
+            print(f"  {args.concurrent} at once  {rates[args.concurrent]:10,.0f} img/s in all: "
+                  f"{rates[args.concurrent] / rates[1]:.2f}x one job")
         if args.sweep:
             print(f"\nsweep model.depth=8,20,56 model.residual=true,false {args.data} {args.sweep_args} (6 jobs):")
             seconds = {}
@@ -366,13 +375,6 @@ def main(argv=None) -> None:
                 label = "one at a time" if parallel == 1 else f"{parallel} at once"
                 print(f"  {label:17s} {seconds[parallel]:8.1f} s  {6 * 3600 / seconds[parallel]:8.1f} jobs/hour", flush=True)
             print(f"  parallel speed-up {seconds[1] / seconds[args.parallel]:.2f}x", flush=True)
-        if args.concurrent:
-            rates = concurrent_rates(args, runs_dir, args.concurrent)
-            print(f"\nResNet-20 jobs at once ({args.data} trainer.epochs={args.concurrent_epochs}; the median "
-                  "images/s of each job's epochs after its first, summed):")
-            print(f"  one job         {rates[1]:10,.0f} img/s")
-            print(f"  {args.concurrent} at once  {rates[args.concurrent]:10,.0f} img/s in all: "
-                  f"{rates[args.concurrent] / rates[1]:.2f}x one job")
 
 
 def measure_depth(args, depth: int, splits, runs_dir: str) -> dict:
