@@ -5,6 +5,7 @@ its status and at most one line on stderr, writes and deletes nothing outside th
 import os
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import time
@@ -120,6 +121,20 @@ def test_a_report_replaces_its_own_folder_and_no_other(store, tmp_path):
     assert again.returncode == 0, again.stderr
     assert not (out / "stale.txt").exists() and (out / "index.md").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no build folder left beside it
+
+
+def test_a_store_moved_without_its_artifacts_still_reports_and_says_which_figures_it_cannot_draw(store, tmp_path):
+    """A database copied from another machine names artifact folders that are not here: the
+    per-layer figures need the layer tables, so they are skipped in one line each; the rest is drawn."""
+    shutil.copy(store, tmp_path / "mlflow.db")
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        db.execute("UPDATE runs SET artifact_uri = '/nonexistent/elsewhere/' || run_uuid")
+    out = tmp_path / "report"
+    result = run_module("analysis", "--uri", f"sqlite:///{tmp_path}/mlflow.db", "--out", str(out), timeout=300)
+    assert result.returncode == 0, result.stderr
+    for figure in ("grad_vs_layer", "grad_heatmap", "first_layer_gradient"):
+        assert f"{figure}: skipped: no layer table says which layers are convolutions" in result.stdout
+    assert (out / "1_training_curves.png").is_file() and (out / "index.md").is_file()
 
 
 def test_a_killed_run_does_not_enter_the_figures_captions(store, tmp_path):

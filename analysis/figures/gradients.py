@@ -15,6 +15,7 @@ HEATMAP_RUNS = 4
 def conv_layers(layers, classifier=True):
     """Conv (and linear) layers only (BN entries would zigzag the line), numbered input to output."""
     convs = layers[layers["module"].isin(["Conv2d", "Linear"] if classifier else ["Conv2d"])].copy()
+    need(not convs.empty, "no layer table says which layers are convolutions (the runs' artifacts are missing)")
     convs["position"] = convs.groupby(["run_id", "step"]).cumcount() + 1
     return convs
 
@@ -75,7 +76,7 @@ def first_layer_gradient(history, runs, layers):
     need("depth" in frames.swept(runs), "depth was not swept")
     layers = frames.grad_by_layer(history, runs, layers)
     need(not layers.empty, "no per-layer gradient norms (probes off?)")
-    convs = layers[(layers["module"] == "Conv2d") & (layers["step"] == 0)]
+    convs = conv_layers(layers[layers["step"] == 0], classifier=False)
     first = convs[convs["layer_index"] == convs.groupby("run_id")["layer_index"].transform("min")]
     columns = frames.label_columns(runs) or ["net"]
     data = first.assign(arm=frames.as_text(first[columns]).agg(", ".join, axis=1))
