@@ -137,6 +137,17 @@ def chromium():
     return sync_playwright, path
 
 
+# The suite's longest files (minutes each on 2 cores), longest first. xdist (-n 2 --dist loadfile)
+# hands files to its workers in collection order: long ones first leave no worker alone with one at the end.
+LONGEST_FILES = ["test_resilience.py", "test_analysis.py", "test_full_disk.py", "test_cluster.py", "test_probes.py",
+                 "test_tracking.py", "test_cli.py"]
+
+
+def pytest_collection_modifyitems(items):
+    first = {name: rank for rank, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: each file keeps its order
+
+
 @pytest.fixture
 def runs_dir(tmp_path):
     path = tmp_path / "runs"
