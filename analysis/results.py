@@ -1,11 +1,15 @@
 """`python -m analysis.results`: the results page (docs/results.md) from a set of sweeps.
 
     python -m analysis.results --sweep 2026-12-03/10-31-52-c0de74 [--sweep ...] [--uri URI]
+    python -m analysis.results --add --sweep ID [--uri ANOTHER_STORE]
 
 Per sweep, each study of its preset: the command that produced it, the machine, the wall
 time, the claims table (the verdicts of the sweep's own report, which this writes as
 `python -m analysis --sweep` does), the study's key figure, and a note where a verdict says
 the opposite of the literature. The figures go to docs/results/, a folder replaced whole.
+With --add, the page keeps the sections of other sweeps (and their figures) and gains these
+sweeps' sections, replacing their own: sweeps from several stores (a CPU and a GPU machine) on
+one page, each generated from its store.
 """
 
 import argparse
@@ -31,6 +35,8 @@ def main(argv=None) -> int:
                         help="the page (default docs/results.md); its figures go to the folder of its name")
     parser.add_argument("--reports", type=Path, default=PROJECT_ROOT / "runs" / "report",
                         help="where each sweep's full report goes (default: runs/report)")
+    parser.add_argument("--add", action="store_true",
+                        help="keep the page's sections of other sweeps (from other stores); replace these sweeps' own")
     args = parser.parse_args(argv)
     return guarded(args.uri, 60, lambda: _results(args))
 
@@ -42,9 +48,13 @@ def _results(args) -> int:
     figure_folder = args.out.with_suffix("")
     check_replaceable(figure_folder)  # before any report is written: nothing half done
     client = open_client(args.uri)
-    sections, figures = [], {}
-    for sweep in args.sweep:
-        selection = select_runs(client, sweep)
+    selections = [select_runs(client, sweep) for sweep in args.sweep]
+    command = f"`python -m analysis.results {'--add ' if args.add else ''}{' '.join(f'--sweep {_code(s)}' for s in args.sweep)}`"
+    commands, sections, figures = [command], [], {}
+    if args.add:
+        earlier, sections, figures = kept_from(args.out, {selection.name for selection in selections})
+        commands = [*earlier, command]
+    for selection in selections:
         report = report_folder(args.reports, selection.name)
         write_report(client, args.uri, selection, report, ui_address(args.uri, None))
         text, shown = sweep_sections(selection, report, figure_folder.name)
@@ -52,19 +62,47 @@ def _results(args) -> int:
         figures.update(shown)
     with swapped_in(figure_folder) as folder:
         for name, source in figures.items():
-            shutil.copyfile(source, folder / name)
-        write_atomically(args.out, page(args.sweep, sections))
+            if isinstance(source, bytes):  # a figure of a section kept by --add
+                (folder / name).write_bytes(source)
+            else:
+                shutil.copyfile(source, folder / name)
+        write_atomically(args.out, page(commands, sections))
     print(f"results of {len(args.sweep)} sweeps: {args.out}")
     return 0
 
 
-def page(sweeps: list, sections: list) -> str:
+GENERATED = re.compile(r"^Generated from the runs by (.+?); do not edit by hand\.", re.MULTILINE)
+SECTION_SWEEP = re.compile(r"harness [^,\n]*, sweep `([^`\n]+)`\.")
+
+
+def kept_from(page_path: Path, replaced: set) -> tuple:
+    """(the commands that made the page, its sections of sweeps not in `replaced`, {figure name:
+    its bytes} those sections show) of a results page this module wrote."""
+    from harness.errors import HarnessError
+
+    text = page_path.read_text() if page_path.is_file() else ""
+    generated = GENERATED.search(text)
+    if generated is None:
+        raise HarnessError(f"--add: {page_path} is not a results page python -m analysis.results wrote")
+    folder = page_path.with_suffix("")
+    sections, figures = [], {}
+    for section in re.split(r"\n(?=## )", text)[1:]:
+        sweep = SECTION_SWEEP.search(section)
+        if sweep is None or sweep.group(1) in replaced:
+            continue
+        sections.append(section.rstrip("\n") + "\n")
+        for name in re.findall(rf"\]\({re.escape(folder.name)}/([A-Za-z0-9._-]+\.png)\)", section):
+            if (folder / name).is_file():  # names as _safe makes them: no path leaves the folder
+                figures[name] = (folder / name).read_bytes()
+    return re.split(r", then (?=`)", generated.group(1)), sections, figures
+
+
+def page(commands: list, sections: list) -> str:
     from analysis.claims import RULE
 
-    command = " ".join(f"--sweep {_code(s)}" for s in sweeps)
     return "\n".join([
         "# Results", "",
-        f"Generated from the runs by `python -m analysis.results {command}`; do not edit by hand. Each "
+        f"Generated from the runs by {', then '.join(commands)}; do not edit by hand. Each "
         "section is one sweep: the command that ran it, where, how long, and what its claims tables say. "
         "The full report of a sweep (every figure, the runs table, the gradient flow) is what "
         "`python -m analysis --sweep <id>` writes.", "",

@@ -4,6 +4,7 @@ import csv
 import hashlib
 import json
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -159,6 +160,41 @@ def test_the_results_page_shows_the_claims_of_its_sweep(depth_bn_store, tmp_path
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "is not a report folder" in result.stderr, result.stderr
     assert (tmp_path / "mine" / "results" / "notes.txt").read_text() == "mine"
     assert not (tmp_path / "mine" / "results.md").exists()
+
+
+def test_results_add_puts_a_sweep_from_another_store_on_the_page_and_replaces_it_when_added_again(
+        depth_bn_store, tmp_path):
+    """Sweeps from two stores (a CPU and a GPU machine) on one page: --add keeps the page's other
+    sections and their figures, and a sweep added again replaces its own section, not a copy beside it."""
+    uri, runs_dir = depth_bn_store
+    sweep = select_runs(open_client(uri)).name
+    other_db = tmp_path / "other" / "mlflow.db"
+    other_db.parent.mkdir()
+    shutil.copy(runs_dir / "mlflow.db", other_db)
+    other_uri, other_sweep = f"sqlite:///{other_db}", "2026-01-01/00-00-00-0ther0"
+    other = open_client(other_uri)
+    for run in other.search_runs([e.experiment_id for e in other.search_experiments()]):
+        other.set_tag(run.info.run_id, "sweep_id", other_sweep)
+    page, reports = tmp_path / "docs" / "results.md", str(tmp_path / "reports")
+    assert run_module("analysis.results", "--uri", uri, "--sweep", sweep, "--out", str(page),
+                      "--reports", reports).returncode == 0
+    for _ in range(2):
+        result = run_module("analysis.results", "--add", "--uri", other_uri, "--sweep", other_sweep,
+                            "--out", str(page), "--reports", reports)
+        assert result.returncode == 0, result.stderr
+        text = page.read_text()
+        assert [line for line in text.splitlines() if line.startswith("## ")] == ["## BatchNorm, 12 steps of 32 images"] * 2
+        assert f"sweep `{sweep}`." in text and text.count(f"sweep `{other_sweep}`.") == 1
+        assert (f"Generated from the runs by `python -m analysis.results --sweep {sweep}`, then "
+                f"`python -m analysis.results --add --sweep {other_sweep}`") in text
+        for name in (sweep, other_sweep):
+            figure = f"results/{name.replace('/', '_')}-7_landscape.png"
+            assert f"]({figure})" in text and (tmp_path / "docs" / figure).stat().st_size > 10_000
+    (tmp_path / "mine.md").write_text("# my notes\n")
+    result = run_module("analysis.results", "--add", "--uri", uri, "--sweep", sweep, "--out", str(tmp_path / "mine.md"),
+                        "--reports", reports)
+    assert result.returncode == 2 and "is not a results page" in result.stderr and result.stderr.count("\n") == 1
+    assert (tmp_path / "mine.md").read_text() == "# my notes\n"
 
 
 def test_figures_share_scales_start_at_zero_and_say_what_they_show(depth_bn_store):
