@@ -49,7 +49,8 @@ def _results(args) -> int:
     check_replaceable(figure_folder)  # before any report is written: nothing half done
     client = open_client(args.uri)
     selections = [select_runs(client, sweep) for sweep in args.sweep]
-    command = f"`python -m analysis.results {'--add ' if args.add else ''}{' '.join(f'--sweep {_code(s)}' for s in args.sweep)}`"
+    swept = " ".join(f"--sweep {_code(sweep)}" for sweep in args.sweep)
+    command = f"`python -m analysis.results {'--add ' if args.add else ''}{swept}`"
     commands, sections, figures = [command], [], {}
     if args.add:
         earlier, sections, figures = kept_from(args.out, {selection.name for selection in selections})

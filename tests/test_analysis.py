@@ -183,7 +183,8 @@ def test_results_add_puts_a_sweep_from_another_store_on_the_page_and_replaces_it
                             "--out", str(page), "--reports", reports)
         assert result.returncode == 0, result.stderr
         text = page.read_text()
-        assert [line for line in text.splitlines() if line.startswith("## ")] == ["## BatchNorm, 12 steps of 32 images"] * 2
+        headings = [line for line in text.splitlines() if line.startswith("## ")]
+        assert headings == ["## BatchNorm, 12 steps of 32 images"] * 2
         assert f"sweep `{sweep}`." in text and text.count(f"sweep `{other_sweep}`.") == 1
         assert (f"Generated from the runs by `python -m analysis.results --sweep {sweep}`, then "
                 f"`python -m analysis.results --add --sweep {other_sweep}`") in text
