@@ -63,10 +63,7 @@ def _results(args) -> int:
         figures.update(shown)
     with swapped_in(figure_folder) as folder:
         for name, source in figures.items():
-            if isinstance(source, bytes):  # a figure of a section kept by --add
-                (folder / name).write_bytes(source)
-            else:
-                shutil.copyfile(source, folder / name)
+            shutil.copyfile(source, folder / name)  # a kept section's figure: from the old folder, replaced only after
         write_atomically(args.out, page(commands, sections))
     print(f"results of {len(args.sweep)} sweeps: {args.out}")
     return 0
@@ -78,7 +75,7 @@ SECTION_SWEEP = re.compile(r"harness [^,\n]*, sweep `([^`\n]+)`\.")
 
 def kept_from(page_path: Path, replaced: set) -> tuple:
     """(the commands that made the page, its sections of sweeps not in `replaced`, {figure name:
-    its bytes} those sections show) of a results page this module wrote."""
+    its file} those sections show) of a results page this module wrote."""
     from harness.errors import HarnessError
 
     text = page_path.read_text() if page_path.is_file() else ""
@@ -94,7 +91,7 @@ def kept_from(page_path: Path, replaced: set) -> tuple:
         sections.append(section.rstrip("\n") + "\n")
         for name in re.findall(rf"\]\({re.escape(folder.name)}/([A-Za-z0-9._-]+\.png)\)", section):
             if (folder / name).is_file():  # names as _safe makes them: no path leaves the folder
-                figures[name] = (folder / name).read_bytes()
+                figures[name] = folder / name
     return re.split(r", then (?=`)", generated.group(1)), sections, figures
 
 
