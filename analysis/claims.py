@@ -196,7 +196,7 @@ def at_chance(frame: pd.DataFrame, history: pd.DataFrame) -> pd.Series:
     by CHANCE_ERRORS (at or below chance where the run does not say the sample's size). False
     where the run does not say how many classes it had or how it scored (nothing to judge by)."""
     def number(column):
-        return pd.to_numeric(frame.get(column, pd.Series(math.nan, index=frame.index)), errors="coerce")
+        return _numbers(frame, column)
 
     accuracy = pd.Series(math.nan, index=frame.index)
     for key, identity in ((contract.SHIFT_ACC_DX, number("param.probes.shift.max")), *IDENTITY_POINTS):
@@ -210,10 +210,57 @@ def at_chance(frame: pd.DataFrame, history: pd.DataFrame) -> pd.Series:
     return (accuracy <= chance + margin).fillna(False).astype(bool)
 
 
+def _numbers(frame: pd.DataFrame, column: str) -> pd.Series:
+    """A column of frame as numbers: NaN where it is missing or not a number."""
+    return pd.to_numeric(frame.get(column, pd.Series(math.nan, index=frame.index)), errors="coerce")
+
+
 INVARIANCE_QUANTITIES = ("shift consistency", *[f"{f} consistency" for f in contract.INVARIANCE_FAMILIES])
+VALIDATION_SCORES = {"shift consistency": f"val/{contract.SHIFT_CONSISTENCY}",  # each score's reading at a validation pass
+                     **{f"{f} consistency": f"val/{f}_{contract.CONSISTENCY}" for f in contract.INVARIANCE_FAMILIES}}
+READ_AT_VALIDATION = (*VALIDATION_SCORES, "generalisation gap")  # settle check: validation_readings
 # what a net at chance scores trivially: it is perfectly invariant, its train and test accuracy
 # match (no gap), and it sits on a plateau where the loss barely varies along the gradient
 CHANCE_BLIND = (*INVARIANCE_QUANTITIES, "generalisation gap", "loss variation")
+
+
+def validation_readings(history: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """Per run (frame's rows): each quantity of READ_AT_VALIDATION at its last validation pass at
+    or before each EARLIER point of its steps, for the settle check (_earlier_verdicts): a score
+    as that pass measured it on the validation images, the generalisation gap as the training
+    accuracy over the FINAL_WINDOW of steps before the pass minus the pass's validation accuracy.
+    NaN where no pass comes before the end by then, where two points would read the same pass,
+    and where the net was at chance on the validation set at that pass (CHANCE_ERRORS; its
+    scores are no evidence)."""
+    columns = [_earlier(q, at) for at in EARLIER for q in READ_AT_VALIDATION]
+    keys = [contract.TRAIN_LOSS, contract.TRAIN_ACC, contract.VAL_ACC, *VALIDATION_SCORES.values()]
+    chance = 1 / _numbers(frame, f"tag.{contract.CLASSES}")
+    # judged as the scores were measured: on the probes' validation sample (at most the split, if a count)
+    images = _numbers(frame, "param.probes.shift.val_images").fillna(_numbers(frame, "param.probes.invariance.val_images"))
+    split = _numbers(frame, "param.data.val_size")
+    images = images.clip(upper=split.where(split >= 1).fillna(np.inf))
+    margin = (CHANCE_ERRORS * np.sqrt(chance * (1 - chance) / images.where(images > 0))).fillna(0)  # no size: chance
+    floor = pd.Series(np.asarray(chance + margin, dtype=float), index=frame["run_id"]).fillna(-np.inf)  # no classes
+    rows = []
+    for run_id, run in history[history["key"].isin(keys) & history["run_id"].isin(floor.index)].groupby("run_id"):
+        series = {key: points.drop_duplicates("step", keep="last").set_index("step")["value"].sort_index()
+                  for key, points in run.groupby("key")}
+        if contract.TRAIN_LOSS not in series or contract.VAL_ACC not in series:
+            continue
+        end, passes, row, read = series[contract.TRAIN_LOSS].index.max(), series[contract.VAL_ACC], {"run_id": run_id}, set()
+        for at in EARLIER:
+            before = passes[(passes.index <= end * at) & (passes.index < end)]
+            if before.empty or before.index[-1] in read or before.iloc[-1] <= floor[run_id]:
+                continue
+            step, accuracy = before.index[-1], before.iloc[-1]
+            read.add(step)
+            for quantity, key in VALIDATION_SCORES.items():
+                row[_earlier(quantity, at)] = series.get(key, pd.Series(dtype=float)).get(step, math.nan)
+            train_acc = series.get(contract.TRAIN_ACC, pd.Series(dtype=float))
+            row[_earlier("generalisation gap", at)] = (
+                train_acc[(train_acc.index > step - end * FINAL_WINDOW) & (train_acc.index <= step)].mean() - accuracy)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["run_id", *columns])
 
 
 def measures(history: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame, flow: pd.DataFrame | None = None
@@ -243,7 +290,7 @@ def measures(history: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame, fl
     frame["|log10 gradient ratio|"] = frame["log10 gradient ratio"].abs()
     quantities = list(QUANTITIES)
     frame[quantities] = frame[quantities].replace([np.inf, -np.inf], np.nan)  # 0 or inf: no number to compare
-    return frame
+    return frame.merge(validation_readings(history, frame), on="run_id", how="left")
 
 
 def verdicts(measured: pd.DataFrame, swept: list, studies: list) -> pd.DataFrame:
@@ -320,7 +367,7 @@ def _judge(claim: Claim, runs: pd.DataFrame):
                          f"spread, n={'/'.join(str(n) for n in (interval.n_a, interval.n_b) if n)} tells only a "
                          f"difference beyond {_sig(interval.half_width)}"}[verdict]
     if earlier is not None:
-        points = f"{' and '.join(f'{at:.0%}' for at in EARLIER)} of training"
+        points = _readings(claim)
         before = set(earlier)
         if before == {verdict} and verdict != INCONCLUSIVE:
             why += f"; {named}, but the verdict was the same at {points} (the comparison has settled)"
@@ -329,16 +376,24 @@ def _judge(claim: Claim, runs: pd.DataFrame):
                     "why": f"{named}; the verdict moved: {earlier[0]} at {points}, {verdict} at the end"}
         else:
             readings = ", ".join(f"{v} at {at:.0%}" for at, v in zip(EARLIER, earlier))
-            return {**result, **numbers, "verdict": TOO_SHORT,
-                    "why": f"{named}; the comparison has not settled: {readings} of training, {verdict} at the end"}
+            where = " (validation passes)" if claim.quantity in READ_AT_VALIDATION else ""
+            return {**result, **numbers, "verdict": TOO_SHORT, "why": f"{named}; the comparison has not settled: "
+                                                                      f"{readings} of training{where}, {verdict} at the end"}
     return {**result, **numbers, "verdict": verdict, "why": why + left_out}
+
+
+def _readings(claim: Claim) -> str:
+    """Where _earlier_verdicts read the claim's quantity, in words."""
+    points = f"{' and '.join(f'{at:.0%}' for at in EARLIER)} of training"
+    return f"the validation passes by {points}" if claim.quantity in READ_AT_VALIDATION else points
 
 
 def _earlier_verdicts(claim: Claim, arms: list, runs: pd.DataFrame) -> list | None:
     """Where not every compared run converged: the verdict read from the same runs at each
-    EARLIER point of their training (the window of steps before it). The comparison has settled
+    EARLIER point of their training (the training loss: the window of steps before it; a score
+    or a gap: the validation pass before it, validation_readings). The comparison has settled
     if each is the same definite verdict as at the end. None where the quantity has no earlier
-    reading or an arm too few runs for an interval. Both arms anneal alike, so a schedule that
+    reading in a run that counts at the end, or an arm too few runs for an interval. Both arms anneal alike, so a schedule that
     flattens every curve cannot make a comparison look settled that was not."""
     verdicts = []
     for at in EARLIER:
@@ -347,7 +402,8 @@ def _earlier_verdicts(claim: Claim, arms: list, runs: pd.DataFrame) -> list | No
             return None
         earlier = dataclasses.replace(claim, quantity=column)
         values = [_values(arm, earlier) for arm in arms]
-        if any(len(v) < 2 for v, arm in zip(values, arms) if isinstance(arm, pd.DataFrame)):
+        same_runs = all(v.index.equals(_values(arm, claim).index) for v, arm in zip(values, arms))
+        if not same_runs or any(len(v) < 2 for v, arm in zip(values, arms) if isinstance(arm, pd.DataFrame)):
             return None
         margin = _margin(claim, values)
         interval = _interval(claim, values, arms, margin)
@@ -464,8 +520,12 @@ RULE = (f"Each claim compares two arms in one measured quantity: an arm's value 
         "spent (the lr summed over steps), so that a schedule annealing the lr to 0 cannot flatten it, and in steps "
         f"where the lr was constant over the last {2 * FINAL_WINDOW:.0%} of them; unless the comparison has "
         f"settled: for the training loss, the same definite verdict read from the same runs at "
-        f"{' and '.join(f'{at:.0%}' for at in EARLIER)} of their steps and at the end (the runs are named; where it "
-        "has not settled, the row gives the interval at the end and the verdict at each reading). Claims "
+        f"{' and '.join(f'{at:.0%}' for at in EARLIER)} of their steps and at the end; for an invariance score or a "
+        f"generalisation gap, read at each run's last validation pass by {' and by '.join(f'{at:.0%}' for at in EARLIER)} "
+        f"of its steps (two different passes, the net above chance on the validation set at each; the gap there: "
+        f"training accuracy over the {FINAL_WINDOW:.0%} of steps before the pass minus the validation accuracy) and at "
+        "the end (the runs are named; where it has not settled, the row gives the interval at the end and the "
+        "verdict at each reading). Claims "
         "about the initialisation need no convergence, and count a run that diverged later: its step-0 value was "
         f"measured before. An invariance score, a generalisation gap or a loss variation counts only from a net above "
         f"chance: a run whose accuracy on the scored sample is within {CHANCE_ERRORS} binomial standard errors of "

@@ -445,3 +445,59 @@ def test_a_comparison_that_has_not_settled_says_what_each_reading_gave_and_shows
                                "holds at the end")
     expected = welch([np.mean(loss[18:20]) for loss in p56.values()], [np.mean(loss[18:20]) for loss in p20.values()])
     assert (row["low"], row["high"]) == (pytest.approx(expected.low), pytest.approx(expected.high))
+
+
+def augmentation_study(val_consistency: dict, passes=(70, 140, 200), val_acc=None):
+    """Three seeds per arm (augment none, crop), every run's loss still falling (none converged),
+    validation passes at `passes` of 200 steps scoring shift consistency on 50 images;
+    val_consistency: {arm: its value at each pass, the last also the test-set score}."""
+    rows, points = [], []
+    for arm, values in val_consistency.items():
+        for seed in range(3):
+            name = f"{arm} s{seed}"
+            rows.append({**run(name, 20, True, seed), "tag.choice.augment": arm, "tag.classes": "10",
+                         "param.probes.shift.max": 2, "param.probes.shift.images": 500,
+                         "param.probes.shift.val_images": 50, "param.data.val_size": 0.1,
+                         "metric.test/shift_consistency": values[-1] + 0.01 * seed})
+            accuracy = (val_acc or {}).get(name, [0.5] * len(passes))
+            points += [history(name, falling(2.0)),
+                       pd.DataFrame([(name, "shift/acc_dx", dx, 0.6) for dx in range(5)] +
+                                    [(name, "val/acc", step, acc) for step, acc in zip(passes, accuracy)] +
+                                    [(name, "val/shift_consistency", step, value + 0.01 * seed)
+                                     for step, value in zip(passes, values)],
+                                    columns=["run_id", "key", "step", "value"])]
+    runs = pd.DataFrame(rows)
+    measured = measures(pd.concat(points), runs, EMPTY_LAYERS)
+    table = verdicts(measured, swept(runs), STUDIES).set_index("claim")
+    return measured.set_index("run_id"), table.loc["Training with random crops makes a CNN more shift-invariant"]
+
+
+def test_a_score_claim_settles_on_the_validation_passes_before_50_and_75_percent():
+    """The loss of every run still falls 3% a point, so the score's verdict at the end alone is
+    budget too short; crop scores above none at the passes by 50% (step 70) and 75% (step 140)
+    of 200 steps as at the end: settled. A late crossing, a net at chance at a pass (accuracy
+    0.1 on 50 images: chance + 2 sqrt(0.09 / 50) = 0.185) and one pass read for both points
+    are not."""
+    measured, row = augmentation_study({"crop": [0.80, 0.82, 0.85], "none": [0.70, 0.71, 0.72]})
+    assert row["verdict"] == HOLDS, row["why"]
+    assert row["why"].endswith("but the verdict was the same at the validation passes by 50% and 75% of training "
+                               "(the comparison has settled)")
+    expected = welch([0.85, 0.86, 0.87], [0.72, 0.73, 0.74])
+    assert (row["low"], row["high"]) == (pytest.approx(expected.low), pytest.approx(expected.high))
+    assert measured.loc["crop s1", "shift consistency at 50%"] == pytest.approx(0.81)  # the pass at step 70
+    assert measured.loc["crop s1", "shift consistency at 75%"] == pytest.approx(0.83)  # step 140
+    # the gap there: training accuracy over steps 51-70 (0.9) minus the pass's validation accuracy
+    assert measured.loc["crop s1", "generalisation gap at 50%"] == pytest.approx(0.9 - 0.5)
+
+    _, row = augmentation_study({"crop": [0.60, 0.82, 0.85], "none": [0.70, 0.71, 0.72]})
+    assert row["verdict"] == TOO_SHORT
+    assert row["why"].endswith("the comparison has not settled: does not hold at 50%, holds at 75% of training "
+                               "(validation passes), holds at the end")
+
+    chance = {"none s1": [0.1, 0.5, 0.5]}
+    measured, row = augmentation_study({"crop": [0.80, 0.82, 0.85], "none": [0.70, 0.71, 0.72]}, val_acc=chance)
+    assert np.isnan(measured.loc["none s1", "shift consistency at 50%"])
+    assert row["verdict"] == TOO_SHORT and "settled" not in row["why"]
+
+    _, row = augmentation_study({"crop": [0.80, 0.85], "none": [0.70, 0.72]}, passes=(70, 200))
+    assert row["verdict"] == TOO_SHORT and "settled" not in row["why"]  # both points would read step 70
