@@ -18,7 +18,7 @@ from harness import contract
 
 from conftest import chromium, run_cli, run_module
 
-FAST = ["data=synthetic", "trainer=smoke", "probes.shift.images=64"]
+FAST = ["data=synthetic", "data.image_size=16", "trainer=smoke", "probes.shift.images=64"]  # 16 px: a quarter of the compute
 
 
 def analysis(*args):
@@ -145,7 +145,7 @@ def test_the_results_page_shows_the_claims_of_its_sweep(depth_bn_store, tmp_path
         line = lines[row.claim + (f" ({row.where})" if row.where else "")]
         assert f"| {row.a} | {row.relation} | {row.b} |" in line and f"| **{row.verdict}** | {row.why} |" in line
     assert ("`python -m harness -m +experiment=batchnorm model.depth=8,14 model.residual=true trainer.seed=0 "
-            "probes.landscape.every=4 data=synthetic trainer=smoke probes.shift.images=64") in text
+            "probes.landscape.every=4 data=synthetic data.image_size=16 trainer=smoke probes.shift.images=64") in text
     assert "paths.runs=" in text and text.count("hydra/launcher=basic") == 1 and "hydra.mode" not in text
     assert "\n## BatchNorm, 12 steps of 32 images\n" in text  # a study's heading names the budget: sweeps differ
     assert "4 jobs (4 finished)" in text and " s wall time (the jobs' runs " in text and " s together) on cpu (" in text

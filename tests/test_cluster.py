@@ -100,8 +100,8 @@ def test_eight_slurm_jobs_log_every_point_through_one_postgres_backed_server(slu
     assert "report/index.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
 
 
-SMALL = ["data=synthetic", "data.train_size=4608", "data.val_size=512", "data.test_size=256", "model.depth=8",
-         "trainer.batch_size=32", "trainer.epochs=2", "trainer.log_every=8", "trainer.precision=fp32",
+SMALL = ["data=synthetic", "data.image_size=16", "data.train_size=4608", "data.val_size=512", "data.test_size=256",
+         "model.depth=8", "trainer.batch_size=32", "trainer.epochs=2", "trainer.log_every=8", "trainer.precision=fp32",
          "trainer.device=cpu", "trainer.threads=2", "probes.shift.images=32", "probes.shift.val_images=16"]
 
 
