@@ -16,7 +16,7 @@ from harness.training.progress import LaggedValue, Progress
 
 from conftest import PROJECT_ROOT, local_store
 
-SMOKE = ["data=synthetic", "trainer=smoke", "model.depth=8", "trainer.steps=60", "probes.shift.max=1"]
+SMOKE = ["data=synthetic", "data.image_size=16", "trainer=smoke", "model.depth=8", "trainer.steps=60", "probes.shift.max=1"]
 
 
 def test_rates_and_etas_are_computed_from_steps_and_time_spent_training():
