@@ -1,7 +1,7 @@
 """`python -m analysis.results`: the results page (docs/results.md) from a set of sweeps.
 
     python -m analysis.results --sweep 2026-12-03/10-31-52-c0de74 [--sweep ...] [--uri URI]
-    python -m analysis.results --add --sweep ID [--uri ANOTHER_STORE]
+    python -m analysis.results --add --sweep ID [--uri ANOTHER_STORE] [--drop OLD_ID]
 
 Per sweep, each study of its preset: the command that produced it, the machine, the wall
 time, the claims table (the verdicts of the sweep's own report, which this writes as
@@ -9,7 +9,8 @@ time, the claims table (the verdicts of the sweep's own report, which this write
 the opposite of the literature. The figures go to docs/results/, a folder replaced whole.
 With --add, the page keeps the sections of other sweeps (and their figures) and gains these
 sweeps' sections, replacing their own: sweeps from several stores (a CPU and a GPU machine) on
-one page, each generated from its store.
+one page, each generated from its store; --drop takes a sweep's section off the page (a study
+run again, whose old store is gone).
 """
 
 import argparse
@@ -37,7 +38,11 @@ def main(argv=None) -> int:
                         help="where each sweep's full report goes (default: runs/report)")
     parser.add_argument("--add", action="store_true",
                         help="keep the page's sections of other sweeps (from other stores); replace these sweeps' own")
+    parser.add_argument("--drop", action="append", default=[], metavar="SWEEP_ID",
+                        help="with --add: take this sweep's section (as the page names it) off the page")
     args = parser.parse_args(argv)
+    if args.drop and not args.add:
+        parser.error("--drop works with --add: it takes a section off the page --add keeps")
     return guarded(args.uri, 60, lambda: _results(args))
 
 
@@ -50,10 +55,11 @@ def _results(args) -> int:
     client = open_client(args.uri)
     selections = [select_runs(client, sweep) for sweep in args.sweep]
     swept = " ".join(f"--sweep {_code(sweep)}" for sweep in args.sweep)
-    command = f"`python -m analysis.results {'--add ' if args.add else ''}{swept}`"
+    dropped = "".join(f" --drop {_code(sweep)}" for sweep in args.drop)
+    command = f"`python -m analysis.results {'--add ' if args.add else ''}{swept}{dropped}`"
     commands, sections, figures = [command], [], {}
     if args.add:
-        earlier, sections, figures = kept_from(args.out, {selection.name for selection in selections})
+        earlier, sections, figures = kept_from(args.out, {selection.name for selection in selections}, set(args.drop))
         commands = [*earlier, command]
     for selection in selections:
         report = report_folder(args.reports, selection.name)
@@ -73,9 +79,10 @@ GENERATED = re.compile(r"^Generated from the runs by (.+?); do not edit by hand\
 SECTION_SWEEP = re.compile(r"harness [^,\n]*, sweep `([^`\n]+)`\.")
 
 
-def kept_from(page_path: Path, replaced: set) -> tuple:
-    """(the commands that made the page, its sections of sweeps not in `replaced`, {figure name:
-    its file} those sections show) of a results page this module wrote."""
+def kept_from(page_path: Path, replaced: set, dropped: set = frozenset()) -> tuple:
+    """(the commands that made the page, its sections of sweeps in neither `replaced` nor
+    `dropped`, {figure name: its file} those sections show) of a results page this module
+    wrote. A sweep in `dropped` that the page has no section of is an error."""
     from harness.errors import HarnessError
 
     text = page_path.read_text() if page_path.is_file() else ""
@@ -83,15 +90,19 @@ def kept_from(page_path: Path, replaced: set) -> tuple:
     if generated is None:
         raise HarnessError(f"--add: {page_path} is not a results page python -m analysis.results wrote")
     folder = page_path.with_suffix("")
-    sections, figures = [], {}
+    sections, figures, on_page = [], {}, set()
     for section in re.split(r"\n(?=## )", text)[1:]:
         sweep = SECTION_SWEEP.search(section)
-        if sweep is None or sweep.group(1) in replaced:
+        on_page.add(sweep and sweep.group(1))
+        if sweep is None or sweep.group(1) in replaced | dropped:
             continue
         sections.append(section.rstrip("\n") + "\n")
         for name in re.findall(rf"\]\({re.escape(folder.name)}/([A-Za-z0-9._-]+\.png)\)", section):
             if (folder / name).is_file():  # names as _safe makes them: no path leaves the folder
                 figures[name] = folder / name
+    missing = sorted(dropped - on_page)
+    if missing:
+        raise HarnessError(f"--drop {missing[0]}: {page_path} has no section of that sweep")
     return re.split(r", then (?=`)", generated.group(1)), sections, figures
 
 

@@ -18,7 +18,7 @@ from harness import contract
 
 from conftest import chromium, run_cli, run_module
 
-FAST = ["data=synthetic", "data.image_size=16", "trainer=smoke", "probes.shift.images=64"]  # 16 px: a quarter of the compute
+FAST = ["data=synthetic", "data.image_size=16", "trainer=smoke", "probes.shift.images=64"]  # 16 px: a quarter of the work
 
 
 def analysis(*args):
@@ -191,6 +191,20 @@ def test_results_add_puts_a_sweep_from_another_store_on_the_page_and_replaces_it
         for name in (sweep, other_sweep):
             figure = f"results/{name.replace('/', '_')}-7_landscape.png"
             assert f"]({figure})" in text and (tmp_path / "docs" / figure).stat().st_size > 10_000
+    # a study run again whose old store is gone: --drop takes the old sweep's section and figure off
+    result = run_module("analysis.results", "--add", "--uri", other_uri, "--sweep", other_sweep, "--drop", sweep,
+                        "--out", str(page), "--reports", reports)
+    assert result.returncode == 0, result.stderr
+    text = page.read_text()
+    assert [line for line in text.splitlines() if line.startswith("## ")] == ["## BatchNorm, 12 steps of 32 images"]
+    assert f"sweep `{sweep}`." not in text
+    assert f"`python -m analysis.results --add --sweep {other_sweep} --drop {sweep}`" in text
+    figures = [f.name for f in (tmp_path / "docs" / "results").glob("*.png")]
+    assert figures == [f"{other_sweep.replace('/', '_')}-7_landscape.png"]
+    result = run_module("analysis.results", "--add", "--uri", other_uri, "--sweep", other_sweep, "--drop", sweep,
+                        "--out", str(page), "--reports", reports)
+    assert result.returncode == 2 and f"--drop {sweep}: " in result.stderr and "has no section" in result.stderr
+    assert page.read_text() == text and result.stderr.count("\n") == 1
     (tmp_path / "mine.md").write_text("# my notes\n")
     result = run_module("analysis.results", "--add", "--uri", uri, "--sweep", sweep, "--out", str(tmp_path / "mine.md"),
                         "--reports", reports)

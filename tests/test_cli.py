@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import PROJECT_ROOT, all_runs, recompute_test_metrics, run_cli, run_module
 
-SMOKE = ["data=synthetic", "data.image_size=16", "trainer=smoke"]  # 16 px: a quarter of the compute
+SMOKE = ["data=synthetic", "data.image_size=16", "trainer=smoke"]  # 16 px: a quarter of the work
 
 
 def children_of(runs, parent):

@@ -16,7 +16,7 @@ from harness import contract
 
 from conftest import PROJECT_ROOT, run_cli
 
-FAST = ["data=synthetic", "data.image_size=16", "trainer=smoke", "probes.shift.images=64"]  # 16 px: a quarter of the compute
+FAST = ["data=synthetic", "data.image_size=16", "trainer=smoke", "probes.shift.images=64"]  # 16 px: a quarter of the work
 
 
 def test_every_study_names_figures_that_exist_and_a_preset_that_does():
