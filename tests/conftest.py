@@ -143,6 +143,15 @@ LONGEST_FILES = ["test_resilience.py", "test_analysis.py", "test_full_disk.py", 
                  "test_tracking.py", "test_cli.py"]
 
 
+def pytest_configure(config):
+    """Under xdist, each worker's jobs get their share of the CPUs (threads=auto reads
+    OMP_NUM_THREADS, as in joblib's workers): two workers whose jobs each ran a thread per CPU
+    oversubscribed a 2-core machine, and a 24 s benchmark test took 150 s."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
+
+
 def pytest_collection_modifyitems(items):
     first = {name: rank for rank, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: each file keeps its order
