@@ -393,8 +393,9 @@ def _earlier_verdicts(claim: Claim, arms: list, runs: pd.DataFrame) -> list | No
     EARLIER point of their training (the training loss: the window of steps before it; a score
     or a gap: the validation pass before it, validation_readings). The comparison has settled
     if each is the same definite verdict as at the end. None where the quantity has no earlier
-    reading in a run that counts at the end, or an arm too few runs for an interval. Both arms anneal alike, so a schedule that
-    flattens every curve cannot make a comparison look settled that was not."""
+    reading in a run that counts at the end, or an arm too few runs for an interval. Both arms
+    anneal alike, so a schedule that flattens every curve cannot make a comparison look settled
+    that was not."""
     verdicts = []
     for at in EARLIER:
         column = _earlier(claim.quantity, at)
