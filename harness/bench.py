@@ -89,11 +89,11 @@ def time_harness(cfg, splits) -> float:
     return train_once(cfg, splits).final[contract.IMAGES_PER_SEC]
 
 
-def check_host_syncs(args, splits, runs_dir: str) -> tuple:
-    """(synchronising ops in the training steps of a short harness run with probes at their
-    defaults, or None where they cannot be checked; how many first steps were not checked)."""
+def check_host_syncs(args, depth: int, splits, runs_dir: str) -> tuple:
+    """(synchronising ops in the training steps of a short harness run at this depth with probes
+    at their defaults, or None where they cannot be checked; how many first steps were not checked)."""
     steps_per_epoch = len(splits.train_y) // args.batch_size
-    cfg = harness_config(args, 20, "default", runs_dir, steps=steps_per_epoch + 30)  # into the second epoch
+    cfg = harness_config(args, depth, "default", runs_dir, steps=steps_per_epoch + 30)  # into the second epoch
     setup = build(cfg, splits)
     compiled = setup.forward is not setup.model
     if compiled and setup.device.type != "cuda":
@@ -355,10 +355,10 @@ def main(argv=None) -> None:
             for name, rate in measure_variants(args, depths[0], splits, runs_dir):
                 print(f"  {name:20s} {rate:10,.0f} img/s", flush=True)
         if args.repeats:
-            found, warmup = check_host_syncs(args, splits, runs_dir)
+            found, warmup = check_host_syncs(args, depths[0], splits, runs_dir)  # the loop is the same at any depth
             summary = ("not checked (compiled on a CPU)" if found is None else
                        "none" if not found else f"{len(found)}: {', '.join(sorted(set(found)))}")
-            print(f"\nhost-device syncs inside {steps + 30 - warmup} harness training steps"
+            print(f"\nhost-device syncs inside {steps + 30 - warmup} ResNet-{depths[0]} training steps"
                   f"{f' (after {warmup} warm-up steps)' if warmup else ''}: {summary}", flush=True)
         if args.concurrent:
             rates = concurrent_rates(args, runs_dir, args.concurrent)

@@ -17,7 +17,7 @@ def test_bench_prints_every_trainer_and_finds_no_host_sync():
     assert row, result.stdout
     default, off, reference = (float(row[i].replace(",", "")) for i in (1, 2, 3))
     assert min(default, off, reference) > 0
-    assert "host-device syncs inside 34 harness training steps: none" in result.stdout
+    assert "host-device syncs inside 34 ResNet-8 training steps: none" in result.stdout
 
 
 def test_timings_of_a_sweep_read_from_its_store(tmp_path):
@@ -26,7 +26,8 @@ def test_timings_of_a_sweep_read_from_its_store(tmp_path):
     from mlflow.tracking import MlflowClient
 
     runs_dir = tmp_path / "runs"
-    result = run_cli("-m", "model.depth=8,14", "data=synthetic", "trainer=smoke", "probes=off", runs_dir=runs_dir)
+    result = run_cli("-m", "model.depth=8,14", "data=synthetic", "data.image_size=16", "trainer=smoke", "probes=off",
+                     runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr
     uri = f"sqlite:///{runs_dir}/mlflow.db"
     client = MlflowClient(uri)

@@ -23,8 +23,8 @@ PASSWORD = "s3cret-pw"
 def store(tmp_path_factory):
     """A finished depth sweep (8, 14, 20); each test tampers with its own copy of the database."""
     runs_dir = tmp_path_factory.mktemp("store") / "runs"
-    result = run_cli("-m", "model.depth=8,14,20", "data=synthetic", "trainer=smoke", "probes.shift.images=64",
-                     runs_dir=runs_dir)
+    result = run_cli("-m", "model.depth=8,14,20", "data=synthetic", "data.image_size=16", "trainer=smoke",
+                     "probes.shift.images=64", runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr
     return runs_dir / "mlflow.db"
 

@@ -48,8 +48,8 @@ case "${1:-}" in
 esac
 """
 
-CUDA_SWEEP = ["-m", "model.depth=8,14", "data=synthetic", "trainer=smoke", "trainer.device=cuda",
-              "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+CUDA_SWEEP = ["-m", "model.depth=8,14", "data=synthetic", "data.image_size=16", "trainer=smoke",
+              "trainer.device=cuda", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
 
 
 @pytest.fixture
@@ -93,8 +93,9 @@ def tags_by_kind(runs_dir: Path) -> tuple:
 
 def test_a_sweep_on_the_cpu_starts_no_daemon(runs_dir, fake):
     env, calls = fake
-    result = run_cli("-m", "model.depth=8,14", "data=synthetic", "trainer=smoke", "hydra/launcher=joblib",
-                     "hydra.launcher.n_jobs=2", runs_dir=runs_dir, env=env)  # trainer.device=auto, no GPU
+    result = run_cli("-m", "model.depth=8,14", "data=synthetic", "data.image_size=16", "trainer=smoke",
+                     "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", runs_dir=runs_dir,
+                     env=env)  # trainer.device=auto, no GPU
     assert result.returncode == 0, result.stderr[-3000:]
     assert calls_of(calls) == []
     assert not (sweep_folder(runs_dir) / mps.FOLDER).exists() and not list(Path("/tmp").glob("harness-mps-*"))

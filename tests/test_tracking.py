@@ -37,8 +37,8 @@ def rest(url, endpoint, body=None):
 def test_sweep_through_a_real_mlflow_server(tmp_path, mlflow_server):
     """Also: a user and password in tracking.uri reach no param, tag, log line or artifact."""
     secret_uri = mlflow_server.replace("http://", "http://alice:s3cret-pw@")
-    result = run_cli("-m", "model.depth=8,14", "data=synthetic", "trainer=smoke", runs_dir=tmp_path / "runs",
-                     uri=secret_uri)
+    result = run_cli("-m", "model.depth=8,14", "data=synthetic", "data.image_size=16", "trainer=smoke",
+                     runs_dir=tmp_path / "runs", uri=secret_uri)
     assert result.returncode == 0, result.stderr
     assert "View run" not in result.stdout + result.stderr  # MLflow prints one per run to a server by default
     assert "s3cret-pw" not in result.stdout + result.stderr
