@@ -93,8 +93,10 @@ def kept_from(page_path: Path, replaced: set, dropped: set = frozenset()) -> tup
     sections, figures, on_page = [], {}, set()
     for section in re.split(r"\n(?=## )", text)[1:]:
         sweep = SECTION_SWEEP.search(section)
-        on_page.add(sweep and sweep.group(1))
-        if sweep is None or sweep.group(1) in replaced | dropped:
+        if sweep is None:
+            continue
+        on_page.add(sweep.group(1))
+        if sweep.group(1) in replaced | dropped:
             continue
         sections.append(section.rstrip("\n") + "\n")
         for name in re.findall(rf"\]\({re.escape(folder.name)}/([A-Za-z0-9._-]+\.png)\)", section):

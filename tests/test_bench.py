@@ -4,7 +4,7 @@ import re
 import subprocess
 import sys
 
-from conftest import PROJECT_ROOT, run_cli, run_module
+from conftest import PROJECT_ROOT, all_runs, run_cli, run_module
 
 
 def test_bench_prints_every_trainer_and_finds_no_host_sync():
@@ -23,16 +23,12 @@ def test_bench_prints_every_trainer_and_finds_no_host_sync():
 def test_timings_of_a_sweep_read_from_its_store(tmp_path):
     """.ci/gpu's study stage prints these: the span from the first job's start and, per job, its
     start-up and epochs, from the store; a store with no job says so in one line."""
-    from mlflow.tracking import MlflowClient
-
     runs_dir = tmp_path / "runs"
     result = run_cli("-m", "model.depth=8,14", "data=synthetic", "data.image_size=16", "trainer=smoke", "probes=off",
                      runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr
     uri = f"sqlite:///{runs_dir}/mlflow.db"
-    client = MlflowClient(uri)
-    jobs = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
-            if r.data.tags.get("kind") != "sweep"]
+    jobs = [r for r in all_runs(uri)[1] if r.data.tags.get("kind") != "sweep"]
     span = (max(r.info.end_time for r in jobs) - min(r.info.start_time for r in jobs)) / 1000
     timings = run_module("harness.bench", "--timings", uri)
     assert timings.returncode == 0, timings.stderr
