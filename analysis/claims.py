@@ -185,14 +185,14 @@ CHANCE_ERRORS = 2  # a net is at chance when its accuracy on the scored sample i
 # binomial standard errors of chance (1 / classes) for the sample's size, or below it
 
 
-# where each invariance family's accuracy curve (contract.FAMILY_ACC) has the untransformed image
-IDENTITY_POINTS = tuple((f"{family}{contract.FAMILY_ACC}", point) for family, point in
+# where each invariance family's accuracy curve (contract.family_acc) has the untransformed image
+IDENTITY_POINTS = tuple((contract.family_acc(family), point) for family, point in
                         (("rotation", 3), ("scale", 2), ("illumination", 4)))
 
 
 def at_chance(frame: pd.DataFrame, history: pd.DataFrame) -> pd.Series:
     """Per run (frame's rows): whether its accuracy on the invariance probes' test sample (the
-    unshifted point of shift/acc_dx, else the identity point of a family's curve) is at chance,
+    unshifted point of test/acc_at_shift, else the identity point of a family's curve) is at chance,
     by CHANCE_ERRORS (at or below chance where the run does not say the sample's size). False
     where the run does not say how many classes it had or how it scored (nothing to judge by)."""
     def number(column):

@@ -136,9 +136,8 @@ def curves(history: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 def grad_by_layer(history: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
     """One row per layer per logged step per run: layer_index, layer, module, step, value; in
     layer order. `layers`: the runs' layer tables (analysis.load.layer_tables)."""
-    prefixes = "|".join(re.escape(p) for p in (contract.GRAD_NORM, contract.GRAD_NORM_BEFORE))
-    rows = history[history["key"].str.match(rf"^(?:{prefixes})\d{{3}}_")].copy()
-    rows["metric"] = rows["key"].str.replace(rf"^(?:{prefixes})", "", regex=True)
+    rows = history[history["key"].str.match(rf"^{re.escape(contract.GRAD_NORM)}\d{{3}}_")].copy()
+    rows["metric"] = rows["key"].str.slice(len(contract.GRAD_NORM))
     rows["layer_index"] = rows["metric"].str.slice(0, 3).astype(int)
     rows["layer"] = rows["metric"].str.slice(4)
     rows = rows.merge(layers[["run_id", "metric", "module"]], on=["run_id", "metric"], how="left")
@@ -192,7 +191,7 @@ def invariance_scores(runs: pd.DataFrame) -> pd.DataFrame:
 def family_curve(history: pd.DataFrame, runs: pd.DataFrame, family: str, parameter: str) -> pd.DataFrame:
     """Test accuracy at each point of a family's grid (rotation: degrees; scale: factor), with
     the point's parameter value in column `parameter`."""
-    points = with_axes(history[history["key"] == family + contract.FAMILY_ACC].copy(), runs)
+    points = with_axes(history[history["key"] == contract.family_acc(family)].copy(), runs)
     extents = runs.set_index("run_id").get(f"param.probes.invariance.{family}", pd.Series(dtype=float))
     grids = {run_id: contract.invariance_grid(family, SimpleNamespace(**{family: extent})) for run_id, extent in extents.items()}
     points[parameter] = [grids[r][int(s)][0] for r, s in zip(points["run_id"], points["step"])]

@@ -102,7 +102,7 @@ def runs_frame(runs) -> pd.DataFrame:
         row.update({f"param.{k}": _typed(v) for k, v in run.data.params.items()})
         row.update({f"tag.{k}": v for k, v in tags.items()
                     if k.startswith(contract.CHOICE) or k in (contract.MODEL_LABELS, contract.CLASSES)})
-        row.update({f"metric.{k}": v for k, v in run.data.metrics.items()})
+        row.update({f"metric.{contract.current_name(k)}": v for k, v in run.data.metrics.items()})
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame["job_num"] = pd.to_numeric(frame["job_num"], errors="coerce")  # single runs have none
@@ -133,8 +133,8 @@ def layer_tables(client, runs) -> pd.DataFrame:
 
 
 def histories_frame(client, uri: str, runs, prefixes=None) -> pd.DataFrame:
-    """Long frame (run_id, key, step, value) of every metric history of the runs
-    (only keys starting with one of `prefixes`, if given)."""
+    """Long frame (run_id, key, step, value) of every metric history of the runs, keys as the
+    harness names them now (only keys starting with one of `prefixes`, if given)."""
     run_ids = [r.info.run_id for r in runs]
     frame = None
     if uri.startswith("sqlite:///"):
@@ -144,6 +144,7 @@ def histories_frame(client, uri: str, runs, prefixes=None) -> pd.DataFrame:
             frame = None  # an MLflow schema this reader does not know: use the API
     if frame is None:
         frame = _api_histories(client, runs)
+    frame["key"] = frame["key"].map(contract.current_name)  # a store written before a rename
     if prefixes:
         frame = frame[frame["key"].str.startswith(tuple(prefixes))]
     frame = frame.drop_duplicates(["run_id", "key", "step"], keep="last")  # one point per step

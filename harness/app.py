@@ -200,7 +200,7 @@ def _run_job(cfg, job: JobInfo) -> Ended:
                           "num_parameters": count_parameters(setup.model), contract.CLASSES: setup.splits.num_classes,
                           **({"resumed_with_changed_config": job.changed} if job.changed else {})})
             _log_tables(run, setup.probes)
-            run.metrics.add(0, {f"perf/startup_{phase}": seconds for phase, seconds in startup.items()})
+            run.metrics.add(0, {f"{contract.STARTUP}{phase}": seconds for phase, seconds in startup.items()})
             checkpoints = Checkpoints(job.output_dir, cfg.trainer.checkpoint_every, run.run_id, stop)
             trained = train(setup, cfg.trainer, run.metrics, checkpoints=checkpoints, label=_label(job, parent))
             _log_tables(run, setup.probes)

@@ -293,9 +293,9 @@ def study_timings(uri: str, report_end: float | None) -> str:
     for run, epochs in sorted(jobs, key=lambda job: job[0].info.start_time):
         m = run.data.metrics
         later = sorted(seconds for _, seconds, _ in epochs[1:]) or [float("nan")]
-        cells = [f"{m.get(f'perf/startup_{phase}', float('nan')):6.1f}" for phase in ("cuda_init_s", "data_s", "build_s")]
+        cells = [f"{m.get(contract.STARTUP + phase, float('nan')):6.1f}" for phase in ("cuda_init_s", "data_s", "build_s")]
         lines.append(f"{run.info.run_name[:28]:28s} {'on' if run.data.tags.get('mps', 'off') != 'off' else 'off':>6s} "
-                     f"{m.get('perf/startup_process_s', float('nan')):8.1f} {' '.join(cells)} "
+                     f"{m.get(contract.STARTUP + 'process_s', float('nan')):8.1f} {' '.join(cells)} "
                      f"{epochs[0][1] if epochs else float('nan'):8.1f} {later[len(later) // 2]:7.1f} "
                      f"{steady_rate(epochs) if epochs else float('nan'):8,.0f} {m.get(contract.TEST_ACC, float('nan')):8.4f}")
     lines.append("(seconds: process = Python, imports and worker start before a process's first job; cuda = driver "

@@ -39,24 +39,50 @@ def choice_tag(group: str) -> str:
 
 # ---------------------------------------------------------------- metrics
 
-TRAIN_LOSS, TRAIN_ACC, LR = "train/loss", "train/acc", "lr"
+# The MLflow UI shows a run's metric sections (the name up to its first "/") in alphabetical order:
+# every metric but the per-layer ones lives under test/, train/ or val/, and "weights" sorts after
+# them, so a run's page opens on loss, accuracy and the invariance scores.
+TRAIN_LOSS, TRAIN_ACC, LR, EPOCH = "train/loss", "train/acc", "train/lr", "train/epoch"
 VAL_LOSS, VAL_ACC = "val/loss", "val/acc"
 TEST_LOSS, TEST_ACC = "test/loss", "test/acc"
-EPOCH_TIME, IMAGES_PER_SEC = "perf/epoch_time_s", "perf/images_per_sec"
-# + NNN_<layer>. The MLflow UI shows a run's metric sections in alphabetical order: "weights"
-# sorts after train/, val/ and test/, so the headline curves come before the per-layer ones.
-GRAD_NORM = "weights/grad_norm/"
-GRAD_NORM_BEFORE = "grad_norm/"  # how stores written before 2026-12-03 named them
+EPOCH_TIME, IMAGES_PER_SEC = "train/epoch_time_s", "train/images_per_sec"
+STARTUP = "train/startup_"  # + <phase>_s: seconds before training (harness.app)
+TIMINGS = (EPOCH_TIME, IMAGES_PER_SEC, STARTUP)  # prefixes of what differs between two runs of one job
+GRAD_NORM = "weights/grad_norm/"  # + NNN_<layer>
 GRAD_NORM_TOTAL = GRAD_NORM + "total"
 SHIFT_CONSISTENCY, SHIFT_CONSISTENCY_SE, SHIFT_INSTABILITY, SHIFT_PROB_CHANGE = (
     "shift_consistency", "shift_consistency_se", "shift_instability_1px", "shift_prob_change_1px")  # after val/, test/
-SHIFT_ACC_DX = "shift/acc_dx"  # at step dx + max
+SHIFT_ACC_DX = "test/acc_at_shift"  # at step dx + max
 INVARIANCE_FAMILIES = ("rotation", "scale", "illumination")  # the invariance probes beyond shifts
 GEOMETRIC_FAMILIES = ("rotation", "scale")  # the ones augment=geometric trains on
 CONSISTENCY = "consistency"  # <family>_consistency and <family>_consistency_se, after val/ or test/
-FAMILY_ACC = "/acc_at"  # <family>/acc_at: test accuracy at each point of the family's grid (step = index)
-LANDSCAPE_LOSS_VARIATION = "landscape/loss_variation"
-LANDSCAPE_GRAD_PREDICTIVENESS = "landscape/grad_predictiveness"
+LANDSCAPE_LOSS_VARIATION = "train/landscape_loss_variation"
+LANDSCAPE_GRAD_PREDICTIVENESS = "train/landscape_grad_predictiveness"
+
+
+def family_acc(family: str) -> str:
+    """Test accuracy at each point of the family's grid (step = index)."""
+    return f"test/acc_at_{family}"
+
+
+# How stores written before 2026-12-05 named the metrics that moved (old name or prefix -> new);
+# analysis reads either.
+RENAMED = {"lr": LR, "epoch": EPOCH, "perf/epoch_time_s": EPOCH_TIME, "perf/images_per_sec": IMAGES_PER_SEC,
+           "shift/acc_dx": SHIFT_ACC_DX, "landscape/loss_variation": LANDSCAPE_LOSS_VARIATION,
+           "landscape/grad_predictiveness": LANDSCAPE_GRAD_PREDICTIVENESS,
+           **{f"{family}/acc_at": family_acc(family) for family in INVARIANCE_FAMILIES}}
+RENAMED_PREFIXES = {"perf/startup_": STARTUP, "grad_norm/": GRAD_NORM}
+
+
+def current_name(key: str) -> str:
+    """A metric's name as the harness writes it now, from the name a store holds."""
+    if key in RENAMED:
+        return RENAMED[key]
+    for old, new in RENAMED_PREFIXES.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
 
 HEADLINE = (TRAIN_LOSS, VAL_ACC, TEST_ACC, f"test/{SHIFT_CONSISTENCY}")  # what a reader looks for first
 CLASSES = "classes"  # tag: how many classes the job's dataset has (chance accuracy is 1 / classes)

@@ -55,7 +55,7 @@ def test_an_annealed_but_untrained_run_is_not_converged():
     spent = np.cumsum(lr * 10)
     loss = 2.3 * (1 - 0.6 * spent / spent[-1])
     rows = [("annealed", key, int(step), value) for step, l_value, r_value in zip(steps, loss, lr)
-            for key, value in (("train/loss", l_value), ("train/acc", 0.3), ("lr", r_value))]
+            for key, value in (("train/loss", l_value), ("train/acc", 0.3), ("train/lr", r_value))]
     frame = pd.concat([pd.DataFrame(rows, columns=["run_id", "key", "step", "value"]), history("constant", flat(1.0))])
     table = convergence(frame).set_index("run_id")
     by_steps = abs(loss[-2:].mean() - loss[-4:-2].mean()) / loss[-4:-2].mean()
@@ -75,7 +75,7 @@ def test_the_last_stage_of_a_step_schedule_is_judged_in_steps():
     lr = np.where(steps <= 100, 0.1, np.where(steps <= 150, 0.01, 0.001))
     loss = np.where(steps <= 100, 0.6, np.where(steps <= 150, 0.2, 0.15))
     rows = [("step", key, int(step), value) for step, l_value, r_value in zip(steps, loss, lr)
-            for key, value in (("train/loss", l_value), ("train/acc", 0.9), ("lr", r_value))]
+            for key, value in (("train/loss", l_value), ("train/acc", 0.9), ("train/lr", r_value))]
     table = convergence(pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])).set_index("run_id")
     assert table.loc["step", "loss_change"] == 0 and table.loc["step", "converged"]
 
@@ -249,7 +249,7 @@ def test_an_invariance_score_of_a_net_at_chance_is_no_evidence():
                      "param.trainer.seed": seed, "tag.choice.augment": "none", "tag.classes": "10",
                      "param.probes.shift.max": 2, "param.probes.shift.images": 500,
                      "metric.test/acc": accuracy, "metric.test/shift_consistency": consistency})
-        points.append(pd.DataFrame([(name, "shift/acc_dx", dx, accuracy) for dx in range(5)],
+        points.append(pd.DataFrame([(name, "test/acc_at_shift", dx, accuracy) for dx in range(5)],
                                    columns=["run_id", "key", "step", "value"]))
         points.append(history(name, flat(1.0)))
     runs = pd.DataFrame(rows)
@@ -260,7 +260,7 @@ def test_an_invariance_score_of_a_net_at_chance_is_no_evidence():
     assert row["b"].endswith("(n=2)") and row["why"].endswith("left out: constant (at chance), barely (at chance)")
     # with the shift probe off, the identity point of another family's curve tells the same
     rotation_only = history("r", flat(1.0)).assign(run_id="rotation")
-    rotation_only = pd.concat([rotation_only, pd.DataFrame([("rotation", "rotation/acc_at", k, 0.1 if k == 3 else 0.0)
+    rotation_only = pd.concat([rotation_only, pd.DataFrame([("rotation", "test/acc_at_rotation", k, 0.1 if k == 3 else 0.0)
                                                             for k in range(7)], columns=rotation_only.columns)])
     alone = runs.iloc[:1].assign(run_id="rotation", **{"param.probes.shift.max": 0, "param.probes.shift.images": 500})
     assert measures(rotation_only, alone, EMPTY_LAYERS)["at_chance"].tolist() == [True]
@@ -284,8 +284,8 @@ def test_a_net_at_chance_is_no_evidence_of_a_smooth_landscape_or_a_narrow_gap():
                      "param.model.depth": 20, "param.model.residual": False, "param.model.batchnorm": bn,
                      "param.trainer.seed": seed % 3, "tag.choice.augment": "none", "tag.classes": "10",
                      "param.probes.shift.max": 2, "param.probes.shift.images": 500, "metric.test/acc": accuracy})
-        points += [pd.DataFrame([(name, "shift/acc_dx", dx, accuracy) for dx in range(5)] +
-                                [(name, "landscape/loss_variation", step, variation) for step in (10, 20)],
+        points += [pd.DataFrame([(name, "test/acc_at_shift", dx, accuracy) for dx in range(5)] +
+                                [(name, "train/landscape_loss_variation", step, variation) for step in (10, 20)],
                                 columns=["run_id", "key", "step", "value"]),
                    history(name, flat(2.3 if not bn else 1.3 + 0.01 * seed))]
     runs = pd.DataFrame(rows)
@@ -353,7 +353,7 @@ def test_without_the_sample_size_a_net_at_or_below_chance_is_at_chance():
     accuracies = {"below": 0.0, "at": 0.1, "above": 0.11, "small_test_set": 0.19}
     rows = [{**base, "run_id": name, "run_name": name} for name in accuracies]
     rows[-1].update({"param.probes.shift.images": 500, "param.data.test_size": 40})  # 0.1 + 2 sqrt(.09 / 40) = 0.195
-    points = pd.DataFrame([(name, "shift/acc_dx", 2, accuracy) for name, accuracy in accuracies.items()],
+    points = pd.DataFrame([(name, "test/acc_at_shift", 2, accuracy) for name, accuracy in accuracies.items()],
                           columns=["run_id", "key", "step", "value"])
     from analysis.claims import at_chance
     assert at_chance(pd.DataFrame(rows), points).tolist() == [True, True, False, True]
@@ -367,7 +367,7 @@ def test_an_lr_logged_apart_from_the_loss_still_counts_training_in_lr_spent():
     spent = np.cumsum(lr * 10)
     loss = 2.3 * (1 - 0.6 * spent / spent[-1])
     rows = [("offset", "train/loss", int(s), value) for s, value in zip(steps, loss)]
-    rows += [("offset", "lr", int(s) - 1, value) for s, value in zip(steps[:-1], lr[:-1])]
+    rows += [("offset", "train/lr", int(s) - 1, value) for s, value in zip(steps[:-1], lr[:-1])]
     table = convergence(pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])).set_index("run_id")
     assert not table.loc["offset", "converged"] and table.loc["offset", "loss_change"] > CONVERGED_CHANGE
 
@@ -384,7 +384,7 @@ def test_an_invariance_figure_leaves_a_net_at_chance_out_of_its_bars():
         rows.append({**run(name, 20, True, seed % 2), "tag.choice.augment": augment, "tag.classes": "10",
                      "param.probes.shift.max": 2, "param.probes.shift.images": 500,
                      "metric.test/shift_consistency": consistency, "metric.test/shift_instability_1px": 0.1})
-        points.append(pd.DataFrame([(name, "shift/acc_dx", dx, accuracy) for dx in range(5)],
+        points.append(pd.DataFrame([(name, "test/acc_at_shift", dx, accuracy) for dx in range(5)],
                                    columns=["run_id", "key", "step", "value"]))
     figure, finding = shift_invariance(pd.concat(points), pd.DataFrame(rows), EMPTY_LAYERS)
     assert finding.startswith("Shift consistency from 0.600 (none) to 0.810 (crop).")
@@ -461,7 +461,7 @@ def augmentation_study(val_consistency: dict, passes=(70, 140, 200), val_acc=Non
                          "metric.test/shift_consistency": values[-1] + 0.01 * seed})
             accuracy = (val_acc or {}).get(name, [0.5] * len(passes))
             points += [history(name, falling(2.0)),
-                       pd.DataFrame([(name, "shift/acc_dx", dx, 0.6) for dx in range(5)] +
+                       pd.DataFrame([(name, "test/acc_at_shift", dx, 0.6) for dx in range(5)] +
                                     [(name, "val/acc", step, acc) for step, acc in zip(passes, accuracy)] +
                                     [(name, "val/shift_consistency", step, value + 0.01 * seed)
                                      for step, value in zip(passes, values)],

@@ -79,10 +79,10 @@ def test_depth_sweep_logs_one_parent_and_its_jobs(runs_dir):
         expected_train_steps = list(range(log_every, steps + 1, log_every))  # smoke: one epoch
         if steps % log_every:
             expected_train_steps.append(steps)  # the epoch's end is a log point too
-        for key in ("train/loss", "train/acc", "lr"):
+        for key in ("train/loss", "train/acc", "train/lr"):
             history = client.get_metric_history(run.info.run_id, key)
             assert [m.step for m in history] == expected_train_steps, key
-        for key in ("val/loss", "val/acc", "test/loss", "test/acc", "perf/images_per_sec", "perf/epoch_time_s"):
+        for key in ("val/loss", "val/acc", "test/loss", "test/acc", "train/images_per_sec", "train/epoch_time_s"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [steps], key
 
         check_probe_metrics(uri, client, run, steps)
@@ -115,7 +115,7 @@ def check_probe_metrics(uri, client, run, steps):
         for name in ("shift_consistency", "shift_consistency_se", "shift_instability_1px", "shift_prob_change_1px"):
             assert 0 <= run.data.metrics[f"{split}/{name}"] <= 1
     max_shift = int(run.data.params["probes.shift.max"])
-    curve = client.get_metric_history(run.info.run_id, "shift/acc_dx")
+    curve = client.get_metric_history(run.info.run_id, "test/acc_at_shift")
     assert [m.step for m in curve] == list(range(2 * max_shift + 1))
 
 

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from cluster import Postgres, Slurm, wait_until
 from conftest import PROJECT_ROOT, local_store, run_cli, run_module, start_mlflow_server, stop_process_group
+from harness import contract
 
 pytestmark = pytest.mark.slow
 
@@ -152,7 +153,7 @@ def test_a_requeued_slurm_job_resumes_from_its_checkpoint_bit_identical(slurm, n
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
     assert run.data.metrics.keys() == ref_run.data.metrics.keys()
     for key in run.data.metrics:  # every metric's every point, the timings excepted (no rerun repeats them)
-        if not key.startswith("perf/"):
+        if not key.startswith(contract.TIMINGS):
             assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)] == \
                 [(m.step, m.value) for m in ref_client.get_metric_history(ref_run.info.run_id, key)], key
 

@@ -92,7 +92,7 @@ def test_no_training_step_waits_for_the_device(tmp_path):
     outcome = train(setup, cfg.trainer, MetricBuffer(client, run_id), step_context=checker.step)
     assert outcome.status == "finished" and outcome.steps == cfg.trainer.steps
     assert checker.found == []
-    assert "landscape/grad_predictiveness" in outcome.final and "weights/grad_norm/total" in outcome.final
+    assert "train/landscape_grad_predictiveness" in outcome.final and "weights/grad_norm/total" in outcome.final
 
 
 @pytest.mark.skipif(not bf16_supported(CPU), reason="this CPU has no fast bf16")

@@ -71,7 +71,7 @@ def test_no_training_step_synchronises_under_cuda_sync_debug_mode_error(tmp_path
                     checker.step)
     assert outcome.status == "finished" and outcome.steps == 24
     assert checker.found == []
-    assert "landscape/grad_predictiveness" in outcome.final and "weights/grad_norm/total" in outcome.final
+    assert "train/landscape_grad_predictiveness" in outcome.final and "weights/grad_norm/total" in outcome.final
 
 
 def final_weights(tmp_path, landscape_every: int, deterministic: bool) -> dict:

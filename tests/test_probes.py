@@ -210,10 +210,10 @@ def test_landscape_probe_is_zero_at_eta_zero_and_restores_everything():
     state = {k: v.clone() for k, v in model.state_dict().items()}
     grads = [p.grad.clone() for p in model.parameters()]
     metrics = landscape_probe(model, lambda: F.cross_entropy(model(x), y), [0.0])
-    assert metrics["landscape/loss_variation"].item() == 0.0
-    assert metrics["landscape/grad_predictiveness"].item() == 0.0
+    assert metrics["train/landscape_loss_variation"].item() == 0.0
+    assert metrics["train/landscape_grad_predictiveness"].item() == 0.0
     moved = landscape_probe(model, lambda: F.cross_entropy(model(x), y), [0.05, 0.1, 0.2])
-    assert moved["landscape/loss_variation"].item() > 0
+    assert moved["train/landscape_loss_variation"].item() > 0
     for key, value in model.state_dict().items():  # weights and BN running statistics
         assert torch.equal(value, state[key]), key
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
@@ -248,11 +248,11 @@ def test_landscape_probe_runs_in_fp32_after_a_bf16_training_step():
     etas = [1e-3, 4e-3]  # a fraction of a learning rate of 0.1, where bf16 rounds steps away
     probed = landscape_probe(model, lambda: F.cross_entropy(model(x), y), etas)
     variation, predictiveness = landscape_by_hand(model, x, y, etas)
-    assert probed["landscape/loss_variation"].item() == pytest.approx(variation, rel=1e-3)
-    assert probed["landscape/grad_predictiveness"].item() == pytest.approx(predictiveness, rel=1e-3)
+    assert probed["train/landscape_loss_variation"].item() == pytest.approx(variation, rel=1e-3)
+    assert probed["train/landscape_grad_predictiveness"].item() == pytest.approx(predictiveness, rel=1e-3)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what the probe measured before: rounding
         in_bf16 = landscape_probe(model, lambda: F.cross_entropy(model(x).float(), y), etas)
-    assert in_bf16["landscape/grad_predictiveness"].item() == pytest.approx(predictiveness, rel=1e-3)  # autocast is off inside
+    assert in_bf16["train/landscape_grad_predictiveness"].item() == pytest.approx(predictiveness, rel=1e-3)  # autocast is off inside
 
 
 def trained_weights(tmp_path, landscape_every):
@@ -269,7 +269,7 @@ def trained_weights(tmp_path, landscape_every):
 def test_landscape_probe_leaves_the_training_trajectory_bit_identical(tmp_path):
     without, _, _ = trained_weights(tmp_path, landscape_every=0)
     with_probe, client, run_id = trained_weights(tmp_path, landscape_every=2)
-    assert [m.step for m in client.get_metric_history(run_id, "landscape/loss_variation")] == [0, 2, 4]
+    assert [m.step for m in client.get_metric_history(run_id, "train/landscape_loss_variation")] == [0, 2, 4]
     for key in without:
         assert torch.equal(without[key], with_probe[key]), key
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from conftest import (PROJECT_ROOT, all_runs, local_store, run_cli, run_module, start_mlflow_server,
                       stop_process_group)
+from harness import contract
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +72,7 @@ def training(runs_dir, count):
 def histories(client, run):
     """Every metric's (step, value) points, but the timings, which no rerun repeats."""
     return {key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
-            for key in run.data.metrics if not key.startswith("perf/")}
+            for key in run.data.metrics if not key.startswith(contract.TIMINGS)}
 
 
 def weights(uri, run):

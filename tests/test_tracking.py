@@ -14,14 +14,20 @@ from omegaconf import OmegaConf
 from harness.jobs.job import JobInfo
 from harness.tracking.store import JobRun, MetricBuffer, open_experiment, short_name
 
-from conftest import PROJECT_ROOT, run_cli, run_module, start_mlflow_server, stop_process_group
+from conftest import PROJECT_ROOT, chromium, run_cli, run_module, start_mlflow_server, stop_process_group
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    server, url = start_mlflow_server(tmp_path)
+@pytest.fixture(scope="module")
+def served_sweep(tmp_path_factory):
+    """(url, folder, result): a real `mlflow server` and a two-job sweep logged to it, with a user
+    and password in tracking.uri."""
+    folder = tmp_path_factory.mktemp("server")
+    server, url = start_mlflow_server(folder)
     try:
-        yield url
+        secret_uri = url.replace("http://", "http://alice:s3cret-pw@")
+        result = run_cli("-m", "model.depth=8,14", "data=synthetic", "data.image_size=16", "trainer=smoke",
+                         runs_dir=folder / "runs", uri=secret_uri)
+        yield url, folder, result
     finally:
         stop_process_group(server)
 
@@ -34,11 +40,9 @@ def rest(url, endpoint, body=None):
         return json.load(response)
 
 
-def test_sweep_through_a_real_mlflow_server(tmp_path, mlflow_server):
+def test_sweep_through_a_real_mlflow_server(served_sweep, tmp_path):
     """Also: a user and password in tracking.uri reach no param, tag, log line or artifact."""
-    secret_uri = mlflow_server.replace("http://", "http://alice:s3cret-pw@")
-    result = run_cli("-m", "model.depth=8,14", "data=synthetic", "data.image_size=16", "trainer=smoke",
-                     runs_dir=tmp_path / "runs", uri=secret_uri)
+    mlflow_server, folder, result = served_sweep
     assert result.returncode == 0, result.stderr
     assert "View run" not in result.stdout + result.stderr  # MLflow prints one per run to a server by default
     assert "s3cret-pw" not in result.stdout + result.stderr
@@ -56,15 +60,15 @@ def test_sweep_through_a_real_mlflow_server(tmp_path, mlflow_server):
     for run in children:
         assert run["info"]["status"] == "FINISHED"
         metrics = {m["key"] for m in run["data"]["metrics"]}
-        assert {"train/loss", "val/acc", "test/acc", "lr"} <= metrics
+        assert {"train/loss", "val/acc", "test/acc", "train/lr"} <= metrics
         listed = rest(mlflow_server, f"artifacts/list?run_id={run['info']['run_id']}")
         assert {"config_resolved.yaml", "model", "harness.log"} <= {f["path"] for f in listed["files"]}
-    assert list((tmp_path / "server-artifacts").rglob("model_weights.pt"))  # uploaded through the server
+    assert list((folder / "server-artifacts").rglob("model_weights.pt"))  # uploaded through the server
     for run in runs:
         values = [p["value"] for p in run["data"].get("params", [])] + [t["value"] for t in run["data"].get("tags", [])]
         assert not any("s3cret-pw" in v for v in values)
     assert "alice:***@" in {p["key"]: p["value"] for p in children[0]["data"]["params"]}["tracking.uri"]
-    stored = [path.read_bytes() for path in (tmp_path / "server-artifacts").rglob("*") if path.is_file()]
+    stored = [path.read_bytes() for path in (folder / "server-artifacts").rglob("*") if path.is_file()]
     assert len(stored) > 10 and not any(b"s3cret-pw" in data for data in stored)
 
     # the report reads histories through the REST API and uploads itself to the parent run
@@ -76,6 +80,28 @@ def test_sweep_through_a_real_mlflow_server(tmp_path, mlflow_server):
         assert repr(test_acc) in summary or str(test_acc) in summary
     listed = rest(mlflow_server, f"artifacts/list?run_id={parent_id}&path=report")
     assert "report/index.md" in {f["path"] for f in listed["files"]}
+
+
+def test_a_jobs_model_metrics_tab_opens_on_its_headline_curves_in_a_browser(served_sweep):
+    """The MLflow UI, in a real browser, orders a run's metric sections itself (alphabetically):
+    the metrics are named so that test, train and val come before the per-layer curves."""
+    url, _, result = served_sweep
+    assert result.returncode == 0, result.stderr
+    experiment = rest(url, "experiments/get-by-name?experiment_name=harness")["experiment"]["experiment_id"]
+    runs = rest(url, "runs/search", {"experiment_ids": [experiment], "filter": "tags.job_num = '0'"})["runs"]
+    sync_playwright, chromium_path = chromium()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 850})
+        page.goto(f"{url}/#/experiments/{experiment}/runs/{runs[0]['info']['run_id']}/model-metrics"
+                  "?workflowType=machine_learning")
+        page.get_by_text("weights/grad_norm", exact=True).wait_for(timeout=90_000)  # the last section
+        sections = page.evaluate("""() => [...new Set(Array.from(document.querySelectorAll('div'))
+            .map(d => d.textContent.trim()).filter(t => /^[a-z_\\/]+\\(\\d+\\)$/.test(t)))]""")
+        first_chart = page.get_by_text("acc", exact=True).first.bounding_box()
+        browser.close()
+    assert [name.split("(")[0] for name in sections] == ["test", "train", "val", "weights/grad_norm"], sections
+    assert first_chart["y"] < 850  # test/acc is on the first screen
 
 
 def test_fresh_sqlite_store_opened_by_many_processes_at_once(tmp_path):

@@ -226,7 +226,7 @@ class Invariance(Sampled):
             if evaluation.split == "test":
                 self.curves[family.value] = accuracy_at
                 for i in range(len(accuracy_at)):
-                    evaluation.log(i, {family.value + contract.FAMILY_ACC: accuracy_at[i]})
+                    evaluation.log(i, {contract.family_acc(family.value): accuracy_at[i]})
         return {f"{evaluation.split}/{name}": value for name, value in scores.items()}
 
     def tables(self) -> dict:

@@ -166,7 +166,7 @@ def train(setup: Setup, cfg_trainer, metrics, step_context=nullcontext, checkpoi
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - start
             images_per_sec = steps_run * batches.batch_size / seconds
-            metrics.add(step, {contract.EPOCH_TIME: seconds, contract.IMAGES_PER_SEC: images_per_sec, "epoch": epoch})
+            metrics.add(step, {contract.EPOCH_TIME: seconds, contract.IMAGES_PER_SEC: images_per_sec, contract.EPOCH: epoch})
             if len(val_x) and (epoch % cfg_trainer.eval_every == 0 or step == total_steps):  # data.val_size=0: none
                 with progress.phase(f"epoch {epoch}/{epochs}: validation on {len(val_x):,} images"):
                     val_loss, val_acc = evaluate(model, val_x, val_y, normalise, eval_batch, mixed)
