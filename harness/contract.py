@@ -39,7 +39,7 @@ def choice_tag(group: str) -> str:
 
 # ---------------------------------------------------------------- metrics
 
-# The MLflow UI shows a run's metric sections (the name up to its first "/") in alphabetical order:
+# The MLflow UI shows a run's metric sections (the name up to its last "/") in alphabetical order:
 # every metric but the per-layer ones lives under test/, train/ or val/, and "weights" sorts after
 # them, so a run's page opens on loss, accuracy and the invariance scores.
 TRAIN_LOSS, TRAIN_ACC, LR, EPOCH = "train/loss", "train/acc", "train/lr", "train/epoch"
@@ -65,8 +65,8 @@ def family_acc(family: str) -> str:
     return f"test/acc_at_{family}"
 
 
-# How stores written before 2026-12-05 named the metrics that moved (old name or prefix -> new);
-# analysis reads either.
+# How older stores named the metrics that moved (old name or prefix -> new; grad_norm/ until
+# 2026-12-03, the rest until 2026-12-05): analysis reads either.
 RENAMED = {"lr": LR, "epoch": EPOCH, "perf/epoch_time_s": EPOCH_TIME, "perf/images_per_sec": IMAGES_PER_SEC,
            "shift/acc_dx": SHIFT_ACC_DX, "landscape/loss_variation": LANDSCAPE_LOSS_VARIATION,
            "landscape/grad_predictiveness": LANDSCAPE_GRAD_PREDICTIVENESS,
