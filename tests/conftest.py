@@ -3,6 +3,7 @@
 import atexit
 import contextlib
 import functools
+import itertools
 import json
 import os
 import select
@@ -69,12 +70,12 @@ def run_module(module: str, *args, timeout: float = 300, env: dict | None = None
 
 
 class ForkServer:
-    """The client side of tests/forkserver.py: one request at a time."""
+    """The client side of tests/forkserver.py: children are started and waited for by id."""
 
     def __init__(self):
         self.process = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "tests" / "forkserver.py")],
                                         cwd=PROJECT_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.pending = b""
+        self.pending, self.replies, self.ids = b"", {}, itertools.count()
         self.reply(timeout=300)  # ready: its imports are done
 
     def reply(self, timeout: float | None) -> dict | None:
@@ -91,27 +92,80 @@ class ForkServer:
         line, self.pending = self.pending.split(b"\n", 1)
         return json.loads(line)
 
+    def reply_to(self, request_id: int, key: str, timeout: float | None):
+        """The `key` of the reply about request `request_id` (others are kept for later), or None
+        if it did not come within `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (request_id, key) not in self.replies:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            reply = self.reply(left)
+            if reply is None:
+                return None
+            self.replies[reply["id"], "pid" if "pid" in reply else "returncode"] = reply
+        return self.replies.pop((request_id, key))[key]
+
+    def start(self, module: str, args: list, env: dict, stdout: Path, stderr: Path) -> tuple:
+        """(request id, pid) of a new child running `python -m MODULE ARGS`."""
+        request_id = next(self.ids)
+        request = {"id": request_id, "module": module, "args": args, "cwd": str(PROJECT_ROOT), "env": env,
+                   "stdout": str(stdout), "stderr": str(stderr)}
+        self.process.stdin.write(json.dumps(request).encode() + b"\n")
+        self.process.stdin.flush()
+        return request_id, self.reply_to(request_id, "pid", timeout=60)
+
     def run(self, module: str, args: list, env: dict, timeout: float) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", module, *args]
         with tempfile.TemporaryDirectory(prefix="cli-output-") as folder:
             out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-            request = {"module": module, "args": args, "cwd": str(PROJECT_ROOT), "env": env,
-                       "stdout": str(out), "stderr": str(err)}
-            self.process.stdin.write(json.dumps(request).encode() + b"\n")
-            self.process.stdin.flush()
-            pid = self.reply(timeout=60)["pid"]
-            ended = None
+            request_id, pid = self.start(module, args, env, out, err)
+            returncode = None
             try:
-                ended = self.reply(timeout)
+                returncode = self.reply_to(request_id, "returncode", timeout)
             finally:
-                if ended is None:  # a timeout, or the test was interrupted
+                if returncode is None:  # a timeout, or the test was interrupted
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(pid, signal.SIGKILL)
-                    self.reply(timeout=60)
+                    self.reply_to(request_id, "returncode", timeout=60)
             output = out.read_text(), err.read_text()
-        if ended is None:
+        if returncode is None:
             raise subprocess.TimeoutExpired(command, timeout, *output)
-        return subprocess.CompletedProcess(command, ended["returncode"], *output)
+        return subprocess.CompletedProcess(command, returncode, *output)
+
+
+class ForkedProcess:
+    """`python -m MODULE ARGS` in the background as a child of the fork server, with stdout and
+    stderr together as text: what subprocess.Popen(..., stdout=PIPE, stderr=STDOUT, text=True)
+    gives the tests that use it (pid, poll, send_signal, kill, communicate, returncode)."""
+
+    def __init__(self, module: str, *args, env: dict | None = None):
+        self.args = [sys.executable, "-m", module, *args]
+        self.folder = tempfile.TemporaryDirectory(prefix="cli-output-")
+        self.output = Path(self.folder.name) / "output"
+        self.server = fork_server()
+        self.id, self.pid = self.server.start(module, list(args), {**os.environ, **(env or {})}, self.output, self.output)
+        self.returncode = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self.server.reply_to(self.id, "returncode", timeout=0)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # it ended since: as Popen does
+                os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, timeout: float | None = None) -> tuple:
+        if self.returncode is None:
+            self.returncode = self.server.reply_to(self.id, "returncode", timeout)
+            if self.returncode is None:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        output = self.output.read_text()
+        self.folder.cleanup()
+        return output, None
 
 
 @functools.lru_cache(maxsize=1)
@@ -137,10 +191,13 @@ def chromium():
     return sync_playwright, path
 
 
-# The suite's longest files (minutes each on 2 cores), longest first. xdist (-n 2 --dist loadfile)
-# hands files to its workers in collection order: long ones first leave no worker alone with one at the end.
-LONGEST_FILES = ["test_resilience.py", "test_analysis.py", "test_full_disk.py", "test_cluster.py", "test_probes.py",
-                 "test_tracking.py", "test_cli.py"]
+# The suite's longest files, longest first (worker-seconds in the last full run on 2 cores: 346,
+# 191, 122, 111, 110, 99, 56, 48, 47, 45, 25). xdist (-n 2 --dist loadfile --no-loadscope-reorder)
+# hands files to its workers in collection order: long ones first leave no worker alone with one
+# at the end. (xdist's own order, by number of tests, sent test_cluster's 6 tests, 3 minutes, last.)
+LONGEST_FILES = ["test_resilience.py", "test_cluster.py", "test_full_disk.py", "test_tracking.py", "test_mps.py",
+                 "test_analysis.py", "test_bench.py", "test_cli.py", "test_hostile_analysis.py", "test_probes.py",
+                 "test_progress.py"]
 
 
 def pytest_configure(config):

@@ -8,13 +8,15 @@ It is a real process: it has its own pid and process group and can be signalled.
 need the interpreter's own start-up (a changed PYTHONPATH, another copy of the project, a
 terminal) still exec `python -m` themselves.
 
-Protocol, one JSON line each way on stdin/stdout:
-  -> {"module", "args", "cwd", "env", "stdout", "stderr"}   (stdout/stderr: files to write)
-  <- {"pid"}  once the child is started, then  <- {"returncode"}  when it has ended.
+Protocol, one JSON line each way on stdin/stdout, any number of children at once:
+  -> {"id", "module", "args", "cwd", "env", "stdout", "stderr"}   (stdout/stderr: files to write, may be one)
+  <- {"id", "pid"}  once the child is started, then  <- {"id", "returncode"}  when it has ended
+     (negative: the signal that ended it, as subprocess reports it).
 """
 
 import json
 import os
+import select
 import sys
 from pathlib import Path
 
@@ -43,8 +45,12 @@ def run_child(request: dict) -> None:
     np.random.seed()  # a fresh interpreter seeds numpy from the OS; `random` reseeds itself after fork
     stdin = os.open(os.devnull, os.O_RDONLY)
     os.dup2(stdin, 0)
-    for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+    out = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(out, 1)
+    if request["stderr"] == request["stdout"]:
+        os.dup2(out, 2)  # one file, one offset: the two streams interleave as through one pipe
+    else:
+        os.dup2(os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 2)
     sys.argv = [request["module"], *request["args"]]
     module = sys.modules.get(request["module"])
     if module is not None and not hasattr(module, "__path__"):  # run as __main__, a module is a copy of its own
@@ -74,7 +80,7 @@ def run_child(request: dict) -> None:
 
 def serve() -> None:
     replies = os.fdopen(os.dup(1), "w", buffering=1)
-    requests = os.fdopen(os.dup(0), "r")
+    requests = os.dup(0)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)  # stray prints from imports must not corrupt the replies
@@ -82,22 +88,38 @@ def serve() -> None:
     for module in PRELOADED:
         importlib.import_module(module)
     replies.write(json.dumps({"ready": True}) + "\n")
-    for line in requests:
-        request = json.loads(line)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            requests.close()
-            replies.close()
-            run_child(request)
-        try:
-            os.setpgid(pid, pid)  # here too, so the group exists before anyone signals it
-        except OSError:  # the child got there first, or has already ended
-            pass
-        replies.write(json.dumps({"pid": pid}) + "\n")
-        _, status = os.waitpid(pid, 0)
-        replies.write(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}) + "\n")
+    running, pending = {}, b""  # pid -> request id; bytes of a request not yet whole
+    while True:
+        if select.select([requests], [], [], 0.05 if running else None)[0]:
+            chunk = os.read(requests, 65536)
+            if not chunk:
+                return  # the client has gone
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                request = json.loads(line)
+                pid = start_child(request, requests, replies)
+                running[pid] = request["id"]
+                replies.write(json.dumps({"id": request["id"], "pid": pid}) + "\n")
+        while running:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            replies.write(json.dumps({"id": running.pop(pid), "returncode": os.waitstatus_to_exitcode(status)}) + "\n")
+
+
+def start_child(request: dict, requests: int, replies) -> int:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(requests)
+        replies.close()
+        run_child(request)
+    try:
+        os.setpgid(pid, pid)  # here too, so the group exists before anyone signals it
+    except OSError:  # the child got there first, or has already ended
+        pass
+    return pid
 
 
 if __name__ == "__main__":

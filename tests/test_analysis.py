@@ -15,7 +15,6 @@ from PIL import Image
 from analysis import frames
 from analysis.figures import DPI, FIGSIZE
 from analysis.load import histories_frame, layer_tables, open_client, runs_frame, select_runs
-from harness import contract
 
 from conftest import chromium, run_cli, run_module
 

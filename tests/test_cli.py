@@ -5,8 +5,6 @@ import io
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ import yaml
 from mlflow.artifacts import download_artifacts
 from PIL import Image
 
-from conftest import PROJECT_ROOT, all_runs, recompute_test_metrics, run_cli, run_module
+from conftest import PROJECT_ROOT, ForkedProcess, all_runs, recompute_test_metrics, run_cli, run_module
 
 SMOKE = ["data=synthetic", "data.image_size=16", "trainer=smoke"]  # 16 px: a quarter of the work
 
@@ -182,8 +180,7 @@ def test_hydra_cli_basics():
 
 
 def test_two_sweeps_started_together_get_separate_folders():
-    command = [sys.executable, "-m", "harness", "--cfg", "all", "--resolve"]
-    processes = [subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    processes = [ForkedProcess("harness", "--cfg", "all", "--resolve") for _ in range(2)]
     dirs = [yaml.safe_load(p.communicate(timeout=60)[0])["hydra"]["sweep"]["dir"] for p in processes]
     assert dirs[0] != dirs[1]
     assert all(d.startswith(str(PROJECT_ROOT / "runs" / "multirun")) for d in dirs)

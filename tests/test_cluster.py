@@ -59,7 +59,7 @@ def test_eight_slurm_jobs_log_every_point_through_one_postgres_backed_server(slu
     server, database = server
     runs_dir = tmp_path / "runs"
     result = sweep(slurm, "model.residual=true,false", "model.batchnorm=true,false", "trainer.seed=0,1",
-                   "model.depth=8", "data=synthetic", "trainer=smoke", "trainer.steps=8", "probes.grad_norms.every=1",
+                   "model.depth=8", "data=synthetic", "data.image_size=16", "trainer=smoke", "trainer.steps=8", "probes.grad_norms.every=1",
                    "probes.shift.images=32", "probes.shift.val_images=16", "hydra.launcher.array_parallelism=8",
                    runs_dir=runs_dir, uri=server)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -11,7 +11,6 @@ daemon, and each job, having no GPU, fails in one line, as a job that fails on a
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 
 from harness.jobs import mps
 
-from conftest import PROJECT_ROOT, all_runs, local_store, run_cli
+from conftest import ForkedProcess, all_runs, local_store, run_cli
 
 FAKE = r"""#!/bin/bash
 # a stand-in for nvidia-cuda-mps-control: calls are appended to $FAKE_MPS_CALLS
@@ -117,18 +116,16 @@ def test_a_cuda_sweep_starts_one_daemon_for_its_jobs_and_stops_it_after_they_fai
 
 def test_a_sweep_stopped_by_sigterm_stops_its_daemon(runs_dir, fake):
     env, calls = fake
-    command = [sys.executable, "-m", "harness", *CUDA_SWEEP, "model.residual=true,false", "trainer.seed=0,1",
-               f"paths.runs={runs_dir}", f"tracking.uri={local_store(runs_dir)}"]  # 8 jobs, 2 at once
-    sweep = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+    sweep = ForkedProcess("harness", *CUDA_SWEEP, "model.residual=true,false", "trainer.seed=0,1",  # 8 jobs, 2 at once
+                          f"paths.runs={runs_dir}", f"tracking.uri={local_store(runs_dir)}", env=env)
     deadline = time.monotonic() + 120
     while not calls_of(calls) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert calls_of(calls), "the sweep did not start its daemon"
     assert sweep.poll() is None
     sweep.send_signal(signal.SIGTERM)
-    stderr = sweep.communicate(timeout=300)[1]
-    assert sweep.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    output = sweep.communicate(timeout=300)[0]
+    assert sweep.returncode == 128 + signal.SIGTERM, output[-3000:]
     pipe, _ = mps.folders(sweep_folder(runs_dir))
     assert calls_of(calls) == [f"start {pipe}", f"quit {pipe}"]
     assert mps.daemon_pids(pipe) == []

@@ -16,8 +16,8 @@ import torch
 from mlflow.artifacts import download_artifacts
 from PIL import Image
 
-from conftest import (PROJECT_ROOT, all_runs, local_store, run_cli, run_module, start_mlflow_server,
-                      stop_process_group)
+from conftest import (PROJECT_ROOT, ForkedProcess, all_runs, local_store, run_cli, run_module,
+                      start_mlflow_server, stop_process_group)
 from harness import contract
 
 pytestmark = pytest.mark.slow
@@ -31,12 +31,14 @@ QUICK = [*SMALL, "data.train_size=2560"]  # 64 steps an epoch
 LONG = ["data=synthetic", "data.image_size=16", "trainer=smoke", "trainer.steps=100000"]  # stopped by the test
 
 
-def launch(*args, runs_dir: Path, uri: str | None = None, new_session=False, project: Path = PROJECT_ROOT):
-    """`python -m harness ARGS` in the background; `project`: another copy of the project to run."""
-    uri = uri or local_store(runs_dir)
-    command = [sys.executable, "-m", "harness", *args, f"paths.runs={runs_dir}", f"tracking.uri={uri}"]
-    return subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=new_session, env=in_project(project))
+def launch(*args, runs_dir: Path, uri: str | None = None, project: Path = PROJECT_ROOT):
+    """`python -m harness ARGS` in the background, in a process group of its own, stdout and
+    stderr together; `project`: another copy of the project to run (then with its own interpreter)."""
+    args = [*args, f"paths.runs={runs_dir}", f"tracking.uri={uri or local_store(runs_dir)}"]
+    if project == PROJECT_ROOT:
+        return ForkedProcess("harness", *args)
+    return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=project, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, env=in_project(project))
 
 
 def harness_runs(*args, timeout=600, project: Path = PROJECT_ROOT):
@@ -301,7 +303,7 @@ def gone(pid: int) -> bool:
                                  "SIGKILL to the main process"])
 def test_a_stopped_joblib_sweep_ends_every_run_and_leaves_no_worker(runs_dir, how):
     process = launch("-m", "model.depth=8,14", *LONG, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                     runs_dir=runs_dir, new_session=True)
+                     runs_dir=runs_dir)
     uri = f"sqlite:///{runs_dir}/mlflow.db"
     wait_for(training(runs_dir, 2), what="both jobs training")
     time.sleep(1)

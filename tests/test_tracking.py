@@ -2,8 +2,6 @@
 127.0.0.1 whose REST API (what the MLflow UI reads) must show the sweep."""
 
 import json
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -14,7 +12,7 @@ from omegaconf import OmegaConf
 from harness.jobs.job import JobInfo
 from harness.tracking.store import JobRun, MetricBuffer, open_experiment, short_name
 
-from conftest import PROJECT_ROOT, chromium, run_cli, run_module, start_mlflow_server, stop_process_group
+from conftest import PROJECT_ROOT, ForkedProcess, chromium, run_cli, run_module, start_mlflow_server, stop_process_group
 
 
 @pytest.fixture(scope="module")
@@ -106,12 +104,11 @@ def test_a_jobs_model_metrics_tab_opens_on_its_headline_curves_in_a_browser(serv
 
 def test_fresh_sqlite_store_opened_by_many_processes_at_once(tmp_path):
     uri = f"sqlite:///{tmp_path}/fresh.db"
-    code = f"from harness.tracking.store import open_experiment; print(open_experiment({uri!r}, 'race')[1])"
-    processes = [subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    outputs = [p.communicate(timeout=120) for p in processes]
-    assert all(p.returncode == 0 for p in processes), [err[-500:] for _, err in outputs]
-    assert len({out.strip() for out, _ in outputs}) == 1  # all found the same experiment
+    processes = [ForkedProcess("tests.store_clients", "open", uri) for _ in range(4)]
+    outputs = [p.communicate(timeout=120)[0] for p in processes]
+    assert all(p.returncode == 0 for p in processes), [out[-500:] for out in outputs]
+    ids = [[line for line in out.splitlines() if line.isdigit()] for out in outputs]  # beside MLflow's log lines
+    assert all(len(found) == 1 for found in ids) and len({found[0] for found in ids}) == 1  # all found the same experiment
 
 
 def test_failed_job_records_error_traceback_and_status(tmp_path):
@@ -148,27 +145,12 @@ def test_metric_buffer_sends_everything_in_batches(tmp_path):
     assert client.get_metric_history(run_id, "b")[-1].value == 650.0
 
 
-WRITER = """
-import sys, torch
-from harness.tracking.store import MetricBuffer, open_experiment
-client, experiment_id = open_experiment(sys.argv[1], "concurrent")
-run_id = client.create_run(experiment_id, tags={"writer": sys.argv[2]}).info.run_id
-buffer = MetricBuffer(client, run_id)
-for step in range(40):  # 40 flushes of 250 points, as 40 epochs of a job would send
-    for i in range(250):
-        buffer.add(step * 250 + i, {"x": torch.tensor(float(step * 250 + i))})
-    buffer.flush()
-client.set_terminated(run_id)
-"""
-
-
 def test_concurrent_writers_to_one_sqlite_store_lose_nothing(tmp_path):
     """Parallel sweep jobs (hydra/launcher=joblib) write to one SQLite file at once."""
     uri = f"sqlite:///{tmp_path}/shared.db"
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, uri, str(k)], cwd=PROJECT_ROOT,
-                                stderr=subprocess.PIPE, text=True) for k in range(4)]
-    errors = [w.communicate(timeout=300)[1] for w in writers]
-    assert all(w.returncode == 0 for w in writers), [e[-800:] for e in errors]
+    writers = [ForkedProcess("tests.store_clients", "write", uri, str(k)) for k in range(4)]
+    outputs = [w.communicate(timeout=300)[0] for w in writers]
+    assert all(w.returncode == 0 for w in writers), [out[-800:] for out in outputs]
     client, experiment_id = open_experiment(uri, "concurrent")
     runs = client.search_runs([experiment_id])
     assert sorted(r.data.tags["writer"] for r in runs) == ["0", "1", "2", "3"]
@@ -200,9 +182,8 @@ def test_the_store_benchmark_reports_the_points_the_store_holds(tmp_path):
     import sqlite3
 
     db = tmp_path / "bench.db"
-    result = subprocess.run([sys.executable, "-m", "harness.bench_store", "--uri", f"sqlite:///{db}", "--writers", "2",
-                             "--seconds", "1", "--batch", "200"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = run_module("harness.bench_store", "--uri", f"sqlite:///{db}", "--writers", "2", "--seconds", "1",
+                        "--batch", "200")
     assert result.returncode == 0, result.stderr
     writers, rate = result.stdout.strip().splitlines()[-1].split()[:2]
     with sqlite3.connect(db) as connection:
