@@ -190,7 +190,7 @@ def plan_line(split: str, size: int, passes: list) -> str:
 
 class Invariance(Sampled):
     """Consistency under each transform family of `families`, and test accuracy at each point
-    of its grid (<family>/acc_at, at step = the point's index)."""
+    of its grid (test/acc_at_<family>, at step = the point's index)."""
 
     def __init__(self, subject: Subject, families: list, rotation: float, scale: float, brightness: float,
                  contrast: float, images: int, val_images: int, seed: int):

@@ -80,7 +80,7 @@ def shift_scores(model, x, y, normalise, max_shift: int, mode, batch_size: int, 
 
 
 class Shift(Sampled):
-    """shift_scores on the sample, and test accuracy at each horizontal shift (shift/acc_dx at
+    """shift_scores on the sample, and test accuracy at each horizontal shift (test/acc_at_shift at
     step dx + max)."""
 
     def __init__(self, subject: Subject, max: int, mode: ShiftMode, images: int, val_images: int, seed: int):
