@@ -132,9 +132,9 @@ def layer_tables(client, runs) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["run_id", "metric", "layer", "module"])
 
 
-def histories_frame(client, uri: str, runs, prefixes=None) -> pd.DataFrame:
+def histories_frame(client, uri: str, runs) -> pd.DataFrame:
     """Long frame (run_id, key, step, value) of every metric history of the runs, keys as the
-    harness names them now (only keys starting with one of `prefixes`, if given)."""
+    harness names them now."""
     run_ids = [r.info.run_id for r in runs]
     frame = None
     if uri.startswith("sqlite:///"):
@@ -145,8 +145,6 @@ def histories_frame(client, uri: str, runs, prefixes=None) -> pd.DataFrame:
     if frame is None:
         frame = _api_histories(client, runs)
     frame["key"] = frame["key"].map(contract.current_name)  # a store written before a rename
-    if prefixes:
-        frame = frame[frame["key"].str.startswith(tuple(prefixes))]
     frame = frame.drop_duplicates(["run_id", "key", "step"], keep="last")  # one point per step
     return frame.sort_values(["run_id", "key", "step"]).reset_index(drop=True)
 

@@ -52,7 +52,8 @@ GRAD_NORM = "weights/grad_norm/"  # + NNN_<layer>
 GRAD_NORM_TOTAL = GRAD_NORM + "total"
 SHIFT_CONSISTENCY, SHIFT_CONSISTENCY_SE, SHIFT_INSTABILITY, SHIFT_PROB_CHANGE = (
     "shift_consistency", "shift_consistency_se", "shift_instability_1px", "shift_prob_change_1px")  # after val/, test/
-SHIFT_ACC_DX = "test/acc_at_shift"  # at step dx + max
+ACC_AT = "test/acc_at_"  # + shift or a family: test accuracy at each point of its grid
+SHIFT_ACC_DX = ACC_AT + "shift"  # at step dx + max
 INVARIANCE_FAMILIES = ("rotation", "scale", "illumination")  # the invariance probes beyond shifts
 GEOMETRIC_FAMILIES = ("rotation", "scale")  # the ones augment=geometric trains on
 CONSISTENCY = "consistency"  # <family>_consistency and <family>_consistency_se, after val/ or test/
@@ -62,7 +63,7 @@ LANDSCAPE_GRAD_PREDICTIVENESS = "train/landscape_grad_predictiveness"
 
 def family_acc(family: str) -> str:
     """Test accuracy at each point of the family's grid (step = index)."""
-    return f"test/acc_at_{family}"
+    return ACC_AT + family
 
 
 # How older stores named the metrics that moved (old name or prefix -> new; grad_norm/ until

@@ -16,9 +16,9 @@ from analysis import frames
 from analysis.figures import DPI, FIGSIZE
 from analysis.load import histories_frame, layer_tables, open_client, runs_frame, select_runs
 
-from conftest import chromium, run_cli, run_module
+from conftest import SYNTHETIC, chromium, run_cli, run_module
 
-FAST = ["data=synthetic", "data.image_size=16", "trainer=smoke", "probes.shift.images=64"]  # 16 px: a quarter of the work
+FAST = [*SYNTHETIC, "trainer=smoke", "probes.shift.images=64"]
 
 
 def analysis(*args):

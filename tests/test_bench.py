@@ -2,7 +2,7 @@
 
 import re
 
-from conftest import all_runs, run_cli, run_module
+from conftest import SYNTHETIC, all_runs, run_cli, run_module
 
 
 def test_bench_prints_every_trainer_and_finds_no_host_sync():
@@ -21,7 +21,7 @@ def test_timings_of_a_sweep_read_from_its_store(tmp_path):
     """.ci/gpu's study stage prints these: the span from the first job's start and, per job, its
     start-up and epochs, from the store; a store with no job says so in one line."""
     runs_dir = tmp_path / "runs"
-    result = run_cli("-m", "model.depth=8,14", "data=synthetic", "data.image_size=16", "trainer=smoke", "probes=off",
+    result = run_cli("-m", "model.depth=8,14", *SYNTHETIC, "trainer=smoke", "probes=off",
                      runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr
     uri = f"sqlite:///{runs_dir}/mlflow.db"

@@ -12,9 +12,10 @@ import yaml
 from mlflow.artifacts import download_artifacts
 from PIL import Image
 
-from conftest import PROJECT_ROOT, ForkedProcess, all_runs, recompute_test_metrics, run_cli, run_module
+from conftest import (PROJECT_ROOT, SYNTHETIC, ForkedProcess, all_runs, recompute_test_metrics, run_cli,
+                      run_module)
 
-SMOKE = ["data=synthetic", "data.image_size=16", "trainer=smoke"]  # 16 px: a quarter of the work
+SMOKE = [*SYNTHETIC, "trainer=smoke"]
 
 
 def children_of(runs, parent):

@@ -13,7 +13,8 @@ from mlflow.artifacts import download_artifacts
 from mlflow.tracking import MlflowClient
 
 from cluster import Postgres, Slurm, wait_until
-from conftest import PROJECT_ROOT, local_store, run_cli, run_module, start_mlflow_server, stop_process_group
+from conftest import (PROJECT_ROOT, SYNTHETIC, local_store, run_cli, run_module, start_mlflow_server,
+                      stop_process_group)
 from harness import contract
 
 pytestmark = pytest.mark.slow
@@ -59,7 +60,7 @@ def test_eight_slurm_jobs_log_every_point_through_one_postgres_backed_server(slu
     server, database = server
     runs_dir = tmp_path / "runs"
     result = sweep(slurm, "model.residual=true,false", "model.batchnorm=true,false", "trainer.seed=0,1",
-                   "model.depth=8", "data=synthetic", "data.image_size=16", "trainer=smoke", "trainer.steps=8", "probes.grad_norms.every=1",
+                   "model.depth=8", *SYNTHETIC, "trainer=smoke", "trainer.steps=8", "probes.grad_norms.every=1",
                    "probes.shift.images=32", "probes.shift.val_images=16", "hydra.launcher.array_parallelism=8",
                    runs_dir=runs_dir, uri=server)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -101,7 +102,7 @@ def test_eight_slurm_jobs_log_every_point_through_one_postgres_backed_server(slu
     assert "report/index.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
 
 
-SMALL = ["data=synthetic", "data.image_size=16", "data.train_size=4608", "data.val_size=512", "data.test_size=256",
+SMALL = [*SYNTHETIC, "data.train_size=4608", "data.val_size=512", "data.test_size=256",
          "model.depth=8", "trainer.batch_size=32", "trainer.epochs=2", "trainer.log_every=8", "trainer.precision=fp32",
          "trainer.device=cpu", "trainer.threads=2", "probes.shift.images=32", "probes.shift.val_images=16"]
 

@@ -13,7 +13,7 @@ from harness.training.syncs import HostSyncs, cuda_syncs
 from harness.tracking.store import MetricBuffer, open_experiment
 from harness.training.train import train
 
-from conftest import all_runs, compose_config, recompute_test_metrics, run_cli
+from conftest import SYNTHETIC, all_runs, compose_config, recompute_test_metrics, run_cli
 
 CPU = torch.device("cpu")
 
@@ -97,7 +97,7 @@ def test_no_training_step_waits_for_the_device(tmp_path):
 
 @pytest.mark.skipif(not bf16_supported(CPU), reason="this CPU has no fast bf16")
 def test_auto_precision_trains_in_bf16_channels_last_and_says_so(runs_dir):
-    result = run_cli("data=synthetic", "data.image_size=16", "trainer=smoke", "model.depth=8", runs_dir=runs_dir)
+    result = run_cli(*SYNTHETIC, "trainer=smoke", "model.depth=8", runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr
     _, runs = all_runs(f"sqlite:///{runs_dir}/mlflow.db")
     tags = runs[0].data.tags
@@ -112,7 +112,7 @@ def test_auto_precision_trains_in_bf16_channels_last_and_says_so(runs_dir):
 @pytest.mark.skipif(not shutil.which(os.environ.get("CXX", "g++")), reason="torch.compile on a CPU needs a C++ compiler")
 def test_compiled_training_follows_the_eager_trajectory(runs_dir):
     """torch.compile on the CPU (inductor's C++ backend), fp32: the same losses as eager, to rounding."""
-    result = run_cli("-m", "trainer.compile=false,true", "data=synthetic", "data.image_size=16", "trainer=smoke",
+    result = run_cli("-m", "trainer.compile=false,true", *SYNTHETIC, "trainer=smoke",
                      "model.depth=8", "trainer.steps=6", "trainer.log_every=1", "trainer.precision=fp32",
                      "probes.shift.images=64", runs_dir=runs_dir, timeout=600)
     assert result.returncode == 0, result.stderr

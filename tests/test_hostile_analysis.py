@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import free_port, run_cli, run_module
+from conftest import SYNTHETIC, free_port, run_cli, run_module
 
 PASSWORD = "s3cret-pw"
 
@@ -23,7 +23,7 @@ PASSWORD = "s3cret-pw"
 def store(tmp_path_factory):
     """A finished depth sweep (8, 14, 20); each test tampers with its own copy of the database."""
     runs_dir = tmp_path_factory.mktemp("store") / "runs"
-    result = run_cli("-m", "model.depth=8,14,20", "data=synthetic", "data.image_size=16", "trainer=smoke",
+    result = run_cli("-m", "model.depth=8,14,20", *SYNTHETIC, "trainer=smoke",
                      "probes.shift.images=64", runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr
     return runs_dir / "mlflow.db"

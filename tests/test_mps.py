@@ -18,7 +18,7 @@ import pytest
 
 from harness.jobs import mps
 
-from conftest import ForkedProcess, all_runs, local_store, run_cli
+from conftest import SYNTHETIC, ForkedProcess, all_runs, local_store, run_cli
 
 FAKE = r"""#!/bin/bash
 # a stand-in for nvidia-cuda-mps-control: calls are appended to $FAKE_MPS_CALLS
@@ -47,7 +47,7 @@ case "${1:-}" in
 esac
 """
 
-CUDA_SWEEP = ["-m", "model.depth=8,14", "data=synthetic", "data.image_size=16", "trainer=smoke",
+CUDA_SWEEP = ["-m", "model.depth=8,14", *SYNTHETIC, "trainer=smoke",
               "trainer.device=cuda", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
 
 
@@ -92,7 +92,7 @@ def tags_by_kind(runs_dir: Path) -> tuple:
 
 def test_a_sweep_on_the_cpu_starts_no_daemon(runs_dir, fake):
     env, calls = fake
-    result = run_cli("-m", "model.depth=8,14", "data=synthetic", "data.image_size=16", "trainer=smoke",
+    result = run_cli("-m", "model.depth=8,14", *SYNTHETIC, "trainer=smoke",
                      "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", runs_dir=runs_dir,
                      env=env)  # trainer.device=auto, no GPU
     assert result.returncode == 0, result.stderr[-3000:]

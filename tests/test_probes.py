@@ -17,7 +17,7 @@ from harness.probes.grad_norms import layers_in_forward_order
 from harness.tracking.store import MetricBuffer, open_experiment
 from harness.training.train import train
 
-from conftest import compose_config
+from conftest import SYNTHETIC, compose_config
 
 
 def forward_order(model, x):
@@ -337,7 +337,7 @@ def test_a_standardising_model_is_exactly_illumination_invariant():
 
 
 def trained(tmp_path, *overrides):
-    cfg = compose_config("data=synthetic", "data.image_size=16", "data.train_size=1024", "data.val_size=0",
+    cfg = compose_config(*SYNTHETIC, "data.train_size=1024", "data.val_size=0",
                          "data.test_size=200", "trainer=smoke", "trainer.steps=40", "trainer.device=cpu",
                          "trainer.precision=fp32", "model.depth=8", "probes=off", f"paths.runs={tmp_path}", *overrides)
     setup = build(cfg)

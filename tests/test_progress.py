@@ -14,9 +14,9 @@ import torch
 
 from harness.training.progress import LaggedValue, Progress
 
-from conftest import PROJECT_ROOT, local_store
+from conftest import PROJECT_ROOT, SYNTHETIC, local_store
 
-SMOKE = ["data=synthetic", "data.image_size=16", "trainer=smoke", "model.depth=8", "trainer.steps=60", "probes.shift.max=1"]
+SMOKE = [*SYNTHETIC, "trainer=smoke", "model.depth=8", "trainer.steps=60", "probes.shift.max=1"]
 
 
 def test_rates_and_etas_are_computed_from_steps_and_time_spent_training():

@@ -16,19 +16,18 @@ import torch
 from mlflow.artifacts import download_artifacts
 from PIL import Image
 
-from conftest import (PROJECT_ROOT, ForkedProcess, all_runs, local_store, run_cli, run_module,
+from conftest import (PROJECT_ROOT, SYNTHETIC, ForkedProcess, all_runs, local_store, run_cli, run_module,
                       start_mlflow_server, stop_process_group)
 from harness import contract
 
 pytestmark = pytest.mark.slow
 
-# 128 steps an epoch (4096 training images, batch 32), two epochs, fp32: bit-identical reruns on a CPU;
-# 16-pixel images: what these tests check does not depend on the size, and they train in a quarter of the time
-SMALL = ["data=synthetic", "data.image_size=16", "data.train_size=4608", "data.val_size=512", "data.test_size=256",
+# 128 steps an epoch (4096 training images, batch 32), two epochs, fp32: bit-identical reruns on a CPU
+SMALL = [*SYNTHETIC, "data.train_size=4608", "data.val_size=512", "data.test_size=256",
          "model.depth=8", "trainer.batch_size=32", "trainer.epochs=2", "trainer.log_every=8", "trainer.precision=fp32",
          "trainer.device=cpu", "probes.shift.images=32", "probes.shift.val_images=16"]
 QUICK = [*SMALL, "data.train_size=2560"]  # 64 steps an epoch
-LONG = ["data=synthetic", "data.image_size=16", "trainer=smoke", "trainer.steps=100000"]  # stopped by the test
+LONG = [*SYNTHETIC, "trainer=smoke", "trainer.steps=100000"]  # stopped by the test
 
 
 def launch(*args, runs_dir: Path, uri: str | None = None, project: Path = PROJECT_ROOT):

@@ -14,9 +14,9 @@ from analysis.load import open_client, select_runs
 from analysis.report import write_report
 from harness import contract
 
-from conftest import PROJECT_ROOT, run_cli
+from conftest import PROJECT_ROOT, SYNTHETIC, run_cli
 
-FAST = ["data=synthetic", "data.image_size=16", "trainer=smoke", "probes.shift.images=64"]  # 16 px: a quarter of the work
+FAST = [*SYNTHETIC, "trainer=smoke", "probes.shift.images=64"]
 
 
 def test_every_study_names_figures_that_exist_and_a_preset_that_does():

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from harness.jobs.job import JobInfo
 from harness.tracking.store import JobRun, MetricBuffer, open_experiment, short_name
 
-from conftest import PROJECT_ROOT, ForkedProcess, chromium, run_cli, run_module, start_mlflow_server, stop_process_group
+from conftest import (PROJECT_ROOT, SYNTHETIC, ForkedProcess, chromium, run_cli, run_module,
+                      start_mlflow_server, stop_process_group)
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,7 @@ def served_sweep(tmp_path_factory):
     server, url = start_mlflow_server(folder)
     try:
         secret_uri = url.replace("http://", "http://alice:s3cret-pw@")
-        result = run_cli("-m", "model.depth=8,14", "data=synthetic", "data.image_size=16", "trainer=smoke",
-                         runs_dir=folder / "runs", uri=secret_uri)
+        result = run_cli("-m", "model.depth=8,14", *SYNTHETIC, "trainer=smoke", runs_dir=folder / "runs", uri=secret_uri)
         yield url, folder, result
     finally:
         stop_process_group(server)
